@@ -1,0 +1,528 @@
+//! Body of the internal `POST /v1/publish` API: parsing and validation, no I/O.
+//!
+//! ```json
+//! {"user_id": "u1", "payload": {...}}
+//! {"user_ids": ["u1", "u2"], "payload": {...}}
+//! ```
+//!
+//! Exactly one of `user_id` / `user_ids` must be given (a `null` counts as absent). User ids are
+//! non-empty strings of at most [`MAX_USER_ID_BYTES`] bytes without whitespace or control
+//! characters; at most [`MAX_USER_IDS`] per request; duplicates are dropped, keeping the first
+//! occurrence's order. Unknown top-level fields are ignored.
+//!
+//! The payload is returned as compact JSON text with its keys in their original order (it is
+//! transcoded token by token, not through a sorted map). Numbers go through `serde_json`'s `f64`
+//! when they do not fit 64-bit integers, so integers beyond 64 bits lose precision and numbers
+//! beyond the `f64` range are rejected as invalid JSON.
+//!
+//! This is the control plane, not the hot path, so `serde_json` and some allocation are fine.
+
+use std::{collections::HashSet, fmt};
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
+};
+use serde_json::Value;
+use thiserror::Error;
+
+/// Most user ids one request may address.
+pub const MAX_USER_IDS: usize = 10_000;
+
+/// Longest user id accepted, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 256;
+
+/// A validated publish request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    /// Recipients, deduplicated, in the order first given. Never empty.
+    pub user_ids: Vec<String>,
+    /// The payload object as compact JSON text (keys in original order).
+    pub payload: Vec<u8>,
+}
+
+/// Why a publish body was refused (HTTP 400).
+#[derive(Debug, Error)]
+pub enum PublishError {
+    /// The body is not a JSON object, or not valid JSON.
+    #[error("body is not a valid JSON object: {0}")]
+    InvalidJson(#[source] serde_json::Error),
+    /// Neither `user_id` nor a non-empty `user_ids` was given.
+    #[error("one of \"user_id\" or a non-empty \"user_ids\" is required")]
+    MissingUser,
+    /// Both `user_id` and `user_ids` were given.
+    #[error("give either \"user_id\" or \"user_ids\", not both")]
+    BothUserFields,
+    /// A user id is not a valid id.
+    #[error(
+        "invalid user id{}: {reason}",
+        .index.map(|i| format!(" at \"user_ids\"[{i}]")).unwrap_or_default()
+    )]
+    InvalidUserId {
+        /// Position in `user_ids`, or `None` for `user_id` or a malformed `user_ids`.
+        index: Option<usize>,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// More than [`MAX_USER_IDS`] user ids.
+    #[error("too many user ids: {count} given, at most {max} allowed")]
+    TooManyUsers {
+        /// Number of ids given (before deduplication).
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No `payload` field (or `null`).
+    #[error("\"payload\" is required")]
+    MissingPayload,
+    /// `payload` is not a JSON object.
+    #[error("\"payload\" must be a JSON object")]
+    PayloadNotObject,
+}
+
+impl PublishError {
+    /// Short static label for metrics and the `"error"` field of the response.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::MissingUser => "missing_user",
+            Self::BothUserFields => "both_user_fields",
+            Self::InvalidUserId { .. } => "invalid_user_id",
+            Self::TooManyUsers { .. } => "too_many_users",
+            Self::MissingPayload => "missing_payload",
+            Self::PayloadNotObject => "payload_not_object",
+        }
+    }
+
+    /// Human-readable sentence for the response body (same as `Display`).
+    #[must_use]
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    /// The 400 response body: `{"error":"<kind>","message":"<message>"}`.
+    #[must_use]
+    pub fn json_body(&self) -> Vec<u8> {
+        serde_json::json!({ "error": self.kind(), "message": self.message() })
+            .to_string()
+            .into()
+    }
+}
+
+/// Parses and validates a publish body.
+///
+/// # Errors
+///
+/// [`PublishError`], checked in this order: JSON, user fields, user ids, payload.
+pub fn parse_publish(body: &[u8]) -> Result<PublishRequest, PublishError> {
+    let body: Body = serde_json::from_slice(body).map_err(PublishError::InvalidJson)?;
+    let user_ids = match (body.user_id, body.user_ids) {
+        (Some(_), Some(_)) => return Err(PublishError::BothUserFields),
+        (None, None) => return Err(PublishError::MissingUser),
+        (Some(id), None) => vec![check_user_id(id, None)?],
+        (None, Some(ids)) => check_user_ids(ids)?,
+    };
+    let payload = body.payload.ok_or(PublishError::MissingPayload)?.0;
+    if payload.first() != Some(&b'{') {
+        return Err(PublishError::PayloadNotObject);
+    }
+    Ok(PublishRequest { user_ids, payload })
+}
+
+/// Validates one user id taken from `user_id` (`index` `None`) or `user_ids[index]`.
+fn check_user_id(value: Value, index: Option<usize>) -> Result<String, PublishError> {
+    let invalid = |reason| PublishError::InvalidUserId { index, reason };
+    let Value::String(id) = value else {
+        return Err(invalid("must be a string"));
+    };
+    if id.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if id.len() > MAX_USER_ID_BYTES {
+        return Err(invalid("must be at most 256 bytes"));
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("must not contain whitespace or control characters"));
+    }
+    Ok(id)
+}
+
+/// Validates `user_ids` and removes duplicates, keeping first occurrences in order.
+fn check_user_ids(value: Value) -> Result<Vec<String>, PublishError> {
+    let Value::Array(items) = value else {
+        return Err(PublishError::InvalidUserId {
+            index: None,
+            reason: "\"user_ids\" must be an array of strings",
+        });
+    };
+    if items.is_empty() {
+        return Err(PublishError::MissingUser);
+    }
+    if items.len() > MAX_USER_IDS {
+        return Err(PublishError::TooManyUsers {
+            count: items.len(),
+            max: MAX_USER_IDS,
+        });
+    }
+    let mut ids = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        ids.push(check_user_id(item, Some(index))?);
+    }
+    let mut seen = HashSet::with_capacity(ids.len());
+    let mut unique = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !seen.contains(id.as_str()) {
+            seen.insert(id.clone());
+            unique.push(id);
+        }
+    }
+    Ok(unique)
+}
+
+/// The publish body's known fields; unknown fields are skipped.
+struct Body {
+    /// `user_id`, if present and not null.
+    user_id: Option<Value>,
+    /// `user_ids`, if present and not null.
+    user_ids: Option<Value>,
+    /// `payload` transcoded to compact JSON, if present and not null.
+    payload: Option<Compact>,
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Field names of the body.
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case")]
+        enum Field {
+            UserId,
+            UserIds,
+            Payload,
+            #[serde(other)]
+            Other,
+        }
+
+        /// Accepts only a JSON object (not an array, which derived structs would accept).
+        struct BodyVisitor;
+
+        impl<'de> Visitor<'de> for BodyVisitor {
+            type Value = Body;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a publish request object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+                let mut body = Body {
+                    user_id: None,
+                    user_ids: None,
+                    payload: None,
+                };
+                let (mut seen_id, mut seen_ids, mut seen_payload) = (false, false, false);
+                while let Some(field) = map.next_key::<Field>()? {
+                    let (seen, name) = match field {
+                        Field::UserId => (&mut seen_id, "user_id"),
+                        Field::UserIds => (&mut seen_ids, "user_ids"),
+                        Field::Payload => (&mut seen_payload, "payload"),
+                        Field::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if std::mem::replace(seen, true) {
+                        return Err(de::Error::duplicate_field(name));
+                    }
+                    match field {
+                        Field::UserId => body.user_id = map.next_value()?,
+                        Field::UserIds => body.user_ids = map.next_value()?,
+                        _ => body.payload = map.next_value()?,
+                    }
+                }
+                Ok(body)
+            }
+        }
+
+        deserializer.deserialize_map(BodyVisitor)
+    }
+}
+
+/// A JSON value re-serialised as compact text, keys in their original order.
+struct Compact(Vec<u8>);
+
+impl<'de> Deserialize<'de> for Compact {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut out = Vec::new();
+        Transcode(&mut out).deserialize(deserializer)?;
+        Ok(Self(out))
+    }
+}
+
+/// Writes the value it visits as compact JSON into the buffer.
+struct Transcode<'a>(&'a mut Vec<u8>);
+
+impl Transcode<'_> {
+    /// Writes a scalar with `serde_json`'s formatting and escaping.
+    fn scalar<T: serde::Serialize, E: de::Error>(self, value: T) -> Result<(), E> {
+        serde_json::to_writer(&mut *self.0, &value).map_err(E::custom)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Transcode<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Transcode<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.scalar(v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.scalar(v)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.scalar(v)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.scalar(v)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.scalar(v)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.0.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.push(b'[');
+        let mut first = true;
+        loop {
+            let mark = self.0.len();
+            if !first {
+                self.0.push(b',');
+            }
+            if seq.next_element_seed(Transcode(self.0))?.is_none() {
+                self.0.truncate(mark);
+                break;
+            }
+            first = false;
+        }
+        self.0.push(b']');
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.0.push(b'{');
+        let mut first = true;
+        loop {
+            let mark = self.0.len();
+            if !first {
+                self.0.push(b',');
+            }
+            if map.next_key_seed(Transcode(self.0))?.is_none() {
+                self.0.truncate(mark);
+                break;
+            }
+            self.0.push(b':');
+            map.next_value_seed(Transcode(self.0))?;
+            first = false;
+        }
+        self.0.push(b'}');
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<PublishRequest, PublishError> {
+        parse_publish(body.as_bytes())
+    }
+
+    fn kind(body: &str) -> &'static str {
+        parse(body).expect_err("expected an error").kind()
+    }
+
+    fn payload_text(body: &str) -> String {
+        String::from_utf8(parse(body).unwrap().payload).unwrap()
+    }
+
+    #[test]
+    fn single_user_shape() {
+        let req = parse(r#"{"user_id":"u1","payload":{"type":"chat","text":"hi"}}"#).unwrap();
+        assert_eq!(req.user_ids, ["u1"]);
+        assert_eq!(req.payload, br#"{"type":"chat","text":"hi"}"#);
+    }
+
+    #[test]
+    fn many_users_shape_with_dedup_in_order() {
+        let req = parse(r#"{"user_ids":["b","a","b","c","a"],"payload":{}}"#).unwrap();
+        assert_eq!(req.user_ids, ["b", "a", "c"]);
+        assert_eq!(req.payload, b"{}");
+    }
+
+    #[test]
+    fn payload_is_compact_with_keys_in_original_order() {
+        let body = r#" { "payload" : { "z" : 1 , "a" : [ true , null , { } , [ ] ] ,
+            "s" : "q\"\u00e9\n" , "n" : -5 , "f" : 1.5 , "z" : 2 } , "user_id" : "u" } "#;
+        assert_eq!(
+            payload_text(body),
+            r#"{"z":1,"a":[true,null,{},[]],"s":"q\"é\n","n":-5,"f":1.5,"z":2}"#
+        );
+    }
+
+    #[test]
+    fn payload_numbers() {
+        let body = r#"{"user_id":"u","payload":{"big":18446744073709551615,"neg":-9223372036854775808,"huge":123456789012345678901234567890,"e":1E2}}"#;
+        assert_eq!(
+            payload_text(body),
+            r#"{"big":18446744073709551615,"neg":-9223372036854775808,"huge":1.2345678901234568e+29,"e":100.0}"#
+        );
+        assert_eq!(
+            kind(r#"{"user_id":"u","payload":{"f":1e999}}"#),
+            "invalid_json"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_ignored_and_null_means_absent() {
+        let req = parse(r#"{"x":{"deep":[1]},"user_id":null,"user_ids":["u"],"payload":{"a":1}}"#)
+            .unwrap();
+        assert_eq!(req.user_ids, ["u"]);
+        assert_eq!(req.payload, br#"{"a":1}"#);
+    }
+
+    #[test]
+    fn invalid_json() {
+        for body in [
+            "",
+            "{",
+            "not json",
+            r#"["u1"]"#,
+            r#""text""#,
+            r#"{"user_id":"u","payload":{}} x"#,
+            r#"{"user_id":"u","user_id":"v","payload":{}}"#,
+            r#"{"user_id":"u","payload":{},"payload":{}}"#,
+        ] {
+            assert_eq!(kind(body), "invalid_json", "{body:?}");
+        }
+        assert_eq!(
+            parse_publish(b"{\"user_id\":\"\xFF\",\"payload\":{}}")
+                .unwrap_err()
+                .kind(),
+            "invalid_json"
+        );
+    }
+
+    #[test]
+    fn missing_user() {
+        assert_eq!(kind(r#"{"payload":{}}"#), "missing_user");
+        assert_eq!(kind(r#"{"user_ids":[],"payload":{}}"#), "missing_user");
+        assert_eq!(kind(r#"{"user_id":null,"payload":{}}"#), "missing_user");
+    }
+
+    #[test]
+    fn both_user_fields() {
+        assert_eq!(
+            kind(r#"{"user_id":"a","user_ids":["b"],"payload":{}}"#),
+            "both_user_fields"
+        );
+    }
+
+    #[test]
+    fn invalid_user_ids() {
+        let long = "x".repeat(MAX_USER_ID_BYTES + 1);
+        for id in [
+            r#""""#,
+            "1",
+            "true",
+            r#"["u"]"#,
+            r#""a b""#,
+            r#""a\tb""#,
+            r#""a\u0000""#,
+        ] {
+            let body = format!(r#"{{"user_id":{id},"payload":{{}}}}"#);
+            assert_eq!(kind(&body), "invalid_user_id", "{id}");
+        }
+        assert_eq!(
+            kind(&format!(r#"{{"user_id":"{long}","payload":{{}}}}"#)),
+            "invalid_user_id"
+        );
+        let ok = "é".repeat(MAX_USER_ID_BYTES / 2);
+        assert!(parse(&format!(r#"{{"user_id":"{ok}","payload":{{}}}}"#)).is_ok());
+        assert_eq!(kind(r#"{"user_ids":"u1","payload":{}}"#), "invalid_user_id");
+        let err = parse(r#"{"user_ids":["ok","bad id"],"payload":{}}"#).unwrap_err();
+        assert!(matches!(
+            err,
+            PublishError::InvalidUserId { index: Some(1), .. }
+        ));
+        assert_eq!(
+            err.message(),
+            "invalid user id at \"user_ids\"[1]: must not contain whitespace or control characters"
+        );
+        let err = parse(r#"{"user_id":"","payload":{}}"#).unwrap_err();
+        assert_eq!(err.message(), "invalid user id: must not be empty");
+    }
+
+    #[test]
+    fn too_many_users() {
+        let ids = |n: usize| {
+            (0..n)
+                .map(|i| format!("\"u{i}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let body = format!(r#"{{"user_ids":[{}],"payload":{{}}}}"#, ids(MAX_USER_IDS));
+        assert_eq!(parse(&body).unwrap().user_ids.len(), MAX_USER_IDS);
+        let body = format!(
+            r#"{{"user_ids":[{}],"payload":{{}}}}"#,
+            ids(MAX_USER_IDS + 1)
+        );
+        assert_eq!(kind(&body), "too_many_users");
+    }
+
+    #[test]
+    fn missing_payload() {
+        assert_eq!(kind(r#"{"user_id":"u"}"#), "missing_payload");
+        assert_eq!(kind(r#"{"user_id":"u","payload":null}"#), "missing_payload");
+    }
+
+    #[test]
+    fn payload_not_object() {
+        for payload in ["[]", "[{}]", "1", r#""{}""#, "true"] {
+            let body = format!(r#"{{"user_id":"u","payload":{payload}}}"#);
+            assert_eq!(kind(&body), "payload_not_object", "{payload}");
+        }
+    }
+
+    #[test]
+    fn error_json_body() {
+        let body = PublishError::MissingPayload.json_body();
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"error": "missing_payload", "message": "\"payload\" is required"})
+        );
+        let err = parse("{").unwrap_err();
+        assert!(
+            err.message()
+                .starts_with("body is not a valid JSON object: ")
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! The dispatcher: the single producer of every shard's delivery ring. Owned by exactly one
+//! thread (the local broker's dispatcher, or the Redis subscriber), which is what makes the
+//! rings single-producer and lock-free.
+//!
+//! Overload policy: when a shard's ring is full, the dispatcher waits up to `full_wait` for the
+//! shard to catch up, then drops the notification and counts it
+//! (`notifications_dropped_total{reason="queue_full"}`). It never blocks for long, because its
+//! upstream (Redis) disconnects subscribers that stop reading.
+
+use std::{
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+
+use super::{Delivery, route};
+use crate::{
+    metrics::{DropReason, GlobalStats},
+    shard::inbox::Doorbell,
+};
+
+/// Why a notification did not reach its shard.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DispatchError {
+    /// The owner shard's ring stayed full for the whole wait.
+    #[error("shard {0} queue is full")]
+    QueueFull(usize),
+}
+
+impl DispatchError {
+    /// Metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DispatchError::QueueFull(_) => "queue_full",
+        }
+    }
+}
+
+/// Producer ends of all shards' delivery rings.
+pub struct Dispatcher {
+    /// `rings[i]` feeds shard `i`.
+    rings: Vec<rtrb::Producer<Delivery>>,
+    /// `doorbells[i]` wakes shard `i`.
+    doorbells: Vec<Arc<Doorbell>>,
+    /// Longest wait for room in a full ring before dropping.
+    full_wait: Duration,
+    /// Drop counters.
+    stats: Arc<GlobalStats>,
+}
+
+impl Dispatcher {
+    /// Wires the rings (indexed by shard) and their doorbells.
+    pub fn new(
+        rings: Vec<rtrb::Producer<Delivery>>,
+        doorbells: Vec<Arc<Doorbell>>,
+        full_wait: Duration,
+        stats: Arc<GlobalStats>,
+    ) -> Self {
+        assert_eq!(rings.len(), doorbells.len());
+        Self {
+            rings,
+            doorbells,
+            full_wait,
+            stats,
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.rings.len()
+    }
+
+    /// Routes `delivery` to its user's owner shard.
+    pub fn dispatch(&mut self, delivery: Delivery) -> Result<(), DispatchError> {
+        let shard = route::owner_shard(&delivery.user, self.rings.len());
+        let mut delivery = match self.rings[shard].push(delivery) {
+            Ok(()) => {
+                self.doorbells[shard].ring();
+                return Ok(());
+            }
+            Err(rtrb::PushError::Full(d)) => d,
+        };
+        // Full: make sure the shard is awake, then wait a bounded time for room.
+        self.doorbells[shard].ring();
+        let deadline = Instant::now() + self.full_wait;
+        let mut spins = 0u32;
+        loop {
+            match self.rings[shard].push(delivery) {
+                Ok(()) => {
+                    self.doorbells[shard].ring();
+                    return Ok(());
+                }
+                Err(rtrb::PushError::Full(d)) => delivery = d,
+            }
+            if Instant::now() >= deadline {
+                self.stats.notifications_dropped[DropReason::QueueFull as usize]
+                    .fetch_add(1, Relaxed);
+                return Err(DispatchError::QueueFull(shard));
+            }
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn delivery(user: &str) -> Delivery {
+        Delivery {
+            user: user.into(),
+            frame: Bytes::from_static(b"x"),
+            received: Instant::now(),
+            reply: None,
+        }
+    }
+
+    #[test]
+    fn routes_to_the_owner_ring_and_drops_when_full() {
+        let stats = Arc::new(GlobalStats::default());
+        let (p0, mut c0) = rtrb::RingBuffer::new(2);
+        let (p1, mut c1) = rtrb::RingBuffer::new(2);
+        let bells = vec![Arc::new(Doorbell::default()), Arc::new(Doorbell::default())];
+        let mut d = Dispatcher::new(vec![p0, p1], bells, Duration::from_millis(5), stats.clone());
+        let user = (0..100)
+            .map(|i| format!("u{i}"))
+            .find(|u| route::owner_shard(u, 2) == 1)
+            .unwrap();
+        d.dispatch(delivery(&user)).unwrap();
+        d.dispatch(delivery(&user)).unwrap();
+        assert_eq!(
+            d.dispatch(delivery(&user)),
+            Err(DispatchError::QueueFull(1))
+        );
+        assert_eq!(
+            stats.notifications_dropped[DropReason::QueueFull as usize].load(Relaxed),
+            1
+        );
+        assert!(c0.pop().is_err());
+        assert_eq!(&*c1.pop().unwrap().user, user);
+    }
+}

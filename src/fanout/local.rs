@@ -1,0 +1,106 @@
+//! The single-node broker, used when no Redis is configured: a dispatcher thread that takes
+//! publish commands from the control plane (over a bounded channel) and routes each recipient's
+//! notification to its owner shard.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Delivery, dispatch::Dispatcher};
+
+/// Publish commands buffered between the control plane and the dispatcher thread.
+const COMMAND_QUEUE: usize = 1024;
+
+/// One publish request: a frame for several users, and where to report each user's count.
+struct Command {
+    /// Recipients, each with the channel its shard answers on.
+    users: Vec<(String, oneshot::Sender<u32>)>,
+    /// The encoded frame.
+    frame: Bytes,
+}
+
+/// Handle to the dispatcher thread.
+#[derive(Clone)]
+pub struct LocalBroker {
+    tx: mpsc::Sender<Command>,
+}
+
+/// How a local publish went.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Connections the frame was queued or written to.
+    pub recipients: u32,
+    /// Users whose owner shard's queue was full (the notification was dropped for them).
+    pub dropped_users: u32,
+}
+
+impl LocalBroker {
+    /// Starts the dispatcher thread, which owns `dispatcher` from now on.
+    pub fn start(mut dispatcher: Dispatcher) -> std::io::Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
+        thread::Builder::new()
+            .name("dispatcher".into())
+            .spawn(move || {
+                while let Some(cmd) = rx.blocking_recv() {
+                    let received = Instant::now();
+                    for (user, reply) in cmd.users {
+                        // A full queue drops the delivery (counted); its reply sender is dropped
+                        // with it, which the publisher sees as a dropped user.
+                        let _ = dispatcher.dispatch(Delivery {
+                            user: user.into_boxed_str(),
+                            frame: cmd.frame.clone(),
+                            received,
+                            reply: Some(reply),
+                        });
+                    }
+                }
+            })?;
+        Ok(Self { tx })
+    }
+
+    /// Publishes `frame` to every connection of `users` on this gateway and reports how many
+    /// connections it reached. Waits for the shards' answers for at most `timeout`.
+    pub async fn publish(
+        &self,
+        users: Vec<String>,
+        frame: Bytes,
+        timeout: Duration,
+    ) -> Result<Outcome, Stopped> {
+        let mut replies = Vec::with_capacity(users.len());
+        let users = users
+            .into_iter()
+            .map(|u| {
+                let (tx, rx) = oneshot::channel();
+                replies.push(rx);
+                (u, tx)
+            })
+            .collect();
+        self.tx
+            .send(Command { users, frame })
+            .await
+            .map_err(|_| Stopped)?;
+        let mut outcome = Outcome::default();
+        let collect = async {
+            for rx in replies {
+                match rx.await {
+                    Ok(n) => outcome.recipients += n,
+                    Err(_) => outcome.dropped_users += 1,
+                }
+            }
+        };
+        // Shards answer within microseconds; the timeout only guards against a wedged shard.
+        tokio::time::timeout(timeout, collect)
+            .await
+            .map_err(|_| Stopped)?;
+        Ok(outcome)
+    }
+}
+
+/// The dispatcher thread is gone or did not answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the dispatcher is not answering")]
+pub struct Stopped;

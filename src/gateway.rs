@@ -1,0 +1,348 @@
+//! Starting a gateway: bind every socket (so bind errors surface before anything runs), build
+//! the queues between threads, and start the shard, dispatcher and control threads.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpListener as StdListener},
+    sync::{Arc, atomic::AtomicBool, mpsc},
+    thread,
+    time::Duration,
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use thiserror::Error;
+
+use crate::{
+    config::{Config, IoDriver},
+    control::server::{self, State},
+    fanout::{broker::Broker, dispatch::Dispatcher, local::LocalBroker},
+    ingress::{
+        auth::{AuthConfig, AuthSetupError, Authenticator, KeySource},
+        handoff::Outlets,
+        handshake::HandshakeConfig,
+    },
+    metrics::Metrics,
+    shard::{
+        self, Driver, Limits, ShardSetup, Shared,
+        inbox::{Doorbell, Inbox},
+    },
+    ws::frame,
+};
+
+/// Slots of each shard-to-shard hand-off ring (connections in transit).
+const HANDOFF_RING: usize = 4096;
+/// How long the dispatcher waits for room in a full shard ring before dropping.
+const FULL_QUEUE_WAIT: Duration = Duration::from_millis(10);
+
+/// Why the gateway could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// A listening socket could not be created or bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which socket.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The JWT settings are unusable.
+    #[error("JWT configuration: {0}")]
+    Auth(#[from] AuthSetupError),
+    /// The JWT public key file could not be read.
+    #[error("cannot read JWT_PUBLIC_KEY_FILE {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// io_uring was forced but is not available here.
+    #[error(
+        "IO_DRIVER=io-uring but io_uring is not available on this host (blocked by seccomp or an old kernel); use IO_DRIVER=auto or epoll"
+    )]
+    NoIoUring,
+    /// A thread could not start, or a shard failed while starting.
+    #[error("starting {what}: {message}")]
+    Thread {
+        /// Which thread.
+        what: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Where WebSocket clients connect.
+    pub ws_addr: SocketAddr,
+    /// Where the control plane listens.
+    pub control_addr: SocketAddr,
+    /// The I/O driver the shards run.
+    pub driver: Driver,
+    /// Number of shards.
+    pub shards: usize,
+    /// Connection cap in force.
+    pub max_connections: usize,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Process-wide state shared with the shards.
+    pub shared: Arc<Shared>,
+    /// Shard threads.
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Blocks until the shard threads exit.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The I/O driver `cfg` asks for, resolved against this host.
+pub fn resolve_driver(cfg: &Config) -> Result<Driver, StartError> {
+    let uring = monoio::utils::detect_uring();
+    match cfg.io_driver {
+        IoDriver::Auto if uring => Ok(Driver::IoUring),
+        IoDriver::Auto | IoDriver::Epoll => Ok(Driver::Epoll),
+        IoDriver::IoUring if uring => Ok(Driver::IoUring),
+        IoDriver::IoUring => Err(StartError::NoIoUring),
+    }
+}
+
+/// Builds the JWT verifier from `cfg` (with `secret` overriding `JWT_SECRET`, for `--dev`).
+pub fn authenticator(cfg: &Config, secret: Option<&str>) -> Result<Authenticator, StartError> {
+    let algorithm = cfg
+        .jwt_algorithm
+        .parse()
+        .map_err(|_| AuthSetupError::UnsupportedAlgorithm)?;
+    let key = match &cfg.jwt_public_key_file {
+        Some(path) if !cfg.jwt_algorithm.to_ascii_uppercase().starts_with("HS") => {
+            KeySource::PublicKeyPem(std::fs::read(path).map_err(|source| StartError::KeyFile {
+                path: path.display().to_string(),
+                source,
+            })?)
+        }
+        _ => KeySource::Secret(
+            secret
+                .or(cfg.jwt_secret.as_deref())
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec(),
+        ),
+    };
+    Ok(Authenticator::new(&AuthConfig {
+        algorithm,
+        key,
+        require_exp: cfg.jwt_require_exp,
+        leeway_seconds: cfg.jwt_leeway.as_secs(),
+    })?)
+}
+
+/// Per-connection limits from `cfg`.
+pub fn limits(cfg: &Config) -> Limits {
+    Limits {
+        frame: frame::Limits {
+            max_message_bytes: cfg.max_message_bytes,
+        },
+        outbox_max_messages: cfg.outbox_max_messages,
+        outbox_max_bytes: cfg.outbox_max_bytes,
+        idle_timeout: cfg.idle_timeout,
+        close_timeout: cfg.close_timeout,
+        max_connections_per_user: cfg.max_connections_per_user,
+        handshake_timeout: cfg.handshake_timeout,
+        handshake: HandshakeConfig {
+            path: cfg.ws_path.clone(),
+            max_request_bytes: cfg.max_handshake_bytes,
+        },
+    }
+}
+
+/// The connection cap: `MAX_CONNECTIONS`, never above what the open-files limit allows after the
+/// reserve (descriptors the gateway needs for itself, its control port and handshakes).
+pub fn max_connections(cfg: &Config, nofile: u64, shards: usize) -> usize {
+    let overhead = cfg.fd_reserve + shards * 8;
+    let by_fds = (nofile as usize).saturating_sub(overhead).max(1);
+    if cfg.max_connections == 0 {
+        by_fds
+    } else {
+        cfg.max_connections.min(by_fds)
+    }
+}
+
+/// Binds, wires and starts everything. Returns once every shard is serving.
+pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
+    let driver = resolve_driver(cfg)?;
+    let shards = cfg.shard_count();
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let max_connections = max_connections(cfg, nofile, shards);
+
+    let ws_listeners = bind_shard_listeners(cfg, shards)?;
+    let ws_addr = ws_listeners[0]
+        .local_addr()
+        .expect("bound socket has an address");
+    let control_addr = SocketAddr::new(cfg.metrics_bind_host, cfg.metrics_port);
+    let control = bind(control_addr, false, 1024).map_err(|source| StartError::Bind {
+        what: "control port (METRICS_PORT)",
+        addr: control_addr,
+        source,
+    })?;
+    let control_addr = control.local_addr().expect("bound socket has an address");
+
+    let metrics = Metrics::new(shards, driver.as_str());
+    let shared = Arc::new(Shared::new(auth, max_connections, shards, metrics.clone()));
+    let doorbells: Vec<Arc<Doorbell>> = (0..shards).map(|_| Arc::default()).collect();
+
+    // Delivery rings: dispatcher -> each shard.
+    let (delivery_tx, delivery_rx): (Vec<_>, Vec<_>) = (0..shards)
+        .map(|_| rtrb::RingBuffer::new(cfg.shard_queue_capacity))
+        .unzip();
+    // Hand-off rings: every shard -> every other shard. handoff_tx[from][to], handoff_rx[to].
+    let mut handoff_tx: Vec<Vec<Option<rtrb::Producer<_>>>> = (0..shards)
+        .map(|_| (0..shards).map(|_| None).collect())
+        .collect();
+    let mut handoff_rx: Vec<Vec<rtrb::Consumer<_>>> = (0..shards).map(|_| Vec::new()).collect();
+    for (from, row) in handoff_tx.iter_mut().enumerate() {
+        for (to, slot) in row.iter_mut().enumerate() {
+            if from != to {
+                let (p, c) = rtrb::RingBuffer::new(HANDOFF_RING);
+                *slot = Some(p);
+                handoff_rx[to].push(c);
+            }
+        }
+    }
+
+    let cores = if cfg.pin_cores {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+    let mut threads = Vec::with_capacity(shards);
+    let shard_parts = ws_listeners
+        .into_iter()
+        .zip(delivery_rx)
+        .zip(handoff_rx)
+        .zip(handoff_tx);
+    for (id, (((listener, deliveries), handoffs), outlets)) in shard_parts.enumerate() {
+        let setup = ShardSetup {
+            id,
+            core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
+            driver,
+            listener,
+            limits: limits(cfg),
+            shared: shared.clone(),
+            inbox: Inbox {
+                deliveries,
+                handoffs,
+                doorbell: doorbells[id].clone(),
+            },
+            outlets: Outlets::new(outlets, doorbells.clone()),
+            ready: ready_tx.clone(),
+        };
+        let ready = ready_tx.clone();
+        let handle = thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || {
+                if let Err(err) = shard::run(setup) {
+                    let _ = ready.send(Err(err.to_string()));
+                    tracing::error!(shard = id, error = %err, "shard stopped");
+                }
+            })
+            .map_err(|e| StartError::Thread {
+                what: format!("shard {id}"),
+                message: e.to_string(),
+            })?;
+        threads.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(message)) => {
+                return Err(StartError::Thread {
+                    what: "a shard".into(),
+                    message,
+                });
+            }
+            Err(_) => {
+                return Err(StartError::Thread {
+                    what: "a shard".into(),
+                    message: "exited during start-up".into(),
+                });
+            }
+        }
+    }
+
+    let dispatcher = Dispatcher::new(
+        delivery_tx,
+        doorbells,
+        FULL_QUEUE_WAIT,
+        metrics.global().clone(),
+    );
+    let broker = Broker::Local(
+        LocalBroker::start(dispatcher).map_err(|e| StartError::Thread {
+            what: "dispatcher".into(),
+            message: e.to_string(),
+        })?,
+    );
+    let draining = Arc::new(AtomicBool::new(false));
+    server::spawn(
+        control,
+        State {
+            metrics: metrics.clone(),
+            broker,
+            api_key: cfg.publish_api_key.clone(),
+            max_publish_bytes: cfg.max_publish_bytes,
+            max_payload_bytes: cfg.max_publish_bytes,
+            draining,
+        },
+    )
+    .map_err(|e| StartError::Thread {
+        what: "control plane".into(),
+        message: e.to_string(),
+    })?;
+    Ok(Gateway {
+        ws_addr,
+        control_addr,
+        driver,
+        shards,
+        max_connections,
+        metrics,
+        shared,
+        threads,
+    })
+}
+
+/// One listener per shard on the same address with `SO_REUSEPORT`, so the kernel spreads
+/// connections across shards. With port 0 the first bind picks the port and the others join it.
+fn bind_shard_listeners(cfg: &Config, shards: usize) -> Result<Vec<StdListener>, StartError> {
+    let mut addr = SocketAddr::new(cfg.bind_host, cfg.websocket_port);
+    let mut listeners = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let l = bind(addr, true, cfg.listen_backlog).map_err(|source| StartError::Bind {
+            what: "WebSocket port (WEBSOCKET_PORT)",
+            addr,
+            source,
+        })?;
+        addr = l.local_addr().expect("bound socket has an address");
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+/// A non-blocking listening socket. The backlog is clamped by `net.core.somaxconn`.
+fn bind(addr: SocketAddr, reuse_port: bool, backlog: u32) -> io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}

@@ -1,0 +1,67 @@
+//! The shard's accept loop. Out of descriptors (`EMFILE`, `ENFILE`) or kernel memory, it backs
+//! off with a growing pause instead of spinning, keeps serving existing connections meanwhile,
+//! counts the failure, and resumes as descriptors free up.
+
+use std::{io, rc::Rc, time::Duration};
+
+use monoio::net::TcpListener;
+
+use super::upgrade;
+use crate::{metrics::AcceptError, shard::Shard};
+
+/// First pause after a resource failure; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+/// Longest pause between accept attempts while out of resources.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Accepts until the process drains.
+pub async fn run(shard: Rc<Shard>, listener: TcpListener) {
+    let mut backoff = MIN_BACKOFF;
+    while !shard.draining() {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                backoff = MIN_BACKOFF;
+                monoio::spawn(upgrade::serve(shard.clone(), stream));
+            }
+            Err(err) if is_resource_exhaustion(&err) => {
+                shard.stats.inc_accept_error(AcceptError::Emfile);
+                tracing::warn!(shard = shard.id, error = %err, pause_ms = backoff.as_millis() as u64,
+                    "accept failed for lack of resources; backing off");
+                monoio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(err) => {
+                // Per-connection failures (e.g. the client reset before accept): move on.
+                shard.stats.inc_accept_error(AcceptError::Other);
+                tracing::debug!(shard = shard.id, error = %err, "accept failed");
+            }
+        }
+    }
+}
+
+/// Errors that mean "no more descriptors or memory right now", which retrying at once would
+/// only make worse.
+fn is_resource_exhaustion(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_descriptor_exhaustion() {
+        assert!(is_resource_exhaustion(&io::Error::from_raw_os_error(
+            libc::EMFILE
+        )));
+        assert!(is_resource_exhaustion(&io::Error::from_raw_os_error(
+            libc::ENFILE
+        )));
+        assert!(!is_resource_exhaustion(&io::Error::from_raw_os_error(
+            libc::ECONNABORTED
+        )));
+    }
+}

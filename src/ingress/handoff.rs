@@ -1,0 +1,57 @@
+//! Handing an authenticated connection to the shard that owns its user, so that all of a user's
+//! connections live on one shard and a notification touches exactly one shard.
+//!
+//! The accepting shard has parsed the upgrade request and verified the token; it passes the raw
+//! socket, the user id, the computed `Sec-WebSocket-Accept` and any bytes read past the request
+//! to the owner over a dedicated single-producer ring, then rings the owner's doorbell. The owner
+//! answers the upgrade, so a connection is registered before its client sees `connected`.
+
+use std::{os::fd::OwnedFd, sync::Arc};
+
+use crate::shard::inbox::Doorbell;
+
+/// A connection in transit between shards.
+pub struct Handoff {
+    /// The client socket, upgrade not yet answered.
+    pub fd: OwnedFd,
+    /// The authenticated user.
+    pub user: Box<str>,
+    /// `Sec-WebSocket-Accept` for the 101 response.
+    pub accept_key: String,
+    /// Bytes the client sent after the upgrade request (usually none).
+    pub leftover: Vec<u8>,
+}
+
+/// A shard's producer ends towards every other shard.
+pub struct Outlets {
+    /// `rings[i]` feeds shard `i` (`None` for the shard itself).
+    rings: Vec<Option<rtrb::Producer<Handoff>>>,
+    /// `doorbells[i]` wakes shard `i`.
+    doorbells: Vec<Arc<Doorbell>>,
+}
+
+impl Outlets {
+    /// Wires the producers (indexed by destination shard) and every shard's doorbell.
+    pub fn new(rings: Vec<Option<rtrb::Producer<Handoff>>>, doorbells: Vec<Arc<Doorbell>>) -> Self {
+        Self { rings, doorbells }
+    }
+
+    /// Whether shard `to` can take one more hand-off now.
+    pub fn has_room(&self, to: usize) -> bool {
+        self.rings[to].as_ref().is_some_and(|r| r.slots() > 0)
+    }
+
+    /// Sends `handoff` to shard `to` and wakes it. Gives the hand-off back when the ring is full.
+    pub fn send(&mut self, to: usize, handoff: Handoff) -> Result<(), Handoff> {
+        let Some(ring) = self.rings[to].as_mut() else {
+            return Err(handoff);
+        };
+        match ring.push(handoff) {
+            Ok(()) => {
+                self.doorbells[to].ring();
+                Ok(())
+            }
+            Err(rtrb::PushError::Full(h)) => Err(h),
+        }
+    }
+}

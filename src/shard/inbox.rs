@@ -1,0 +1,128 @@
+//! The shard's inbox: notifications from the dispatcher and connections handed over by other
+//! shards, each on its own single-producer/single-consumer ring (`rtrb`), plus one [`Doorbell`]
+//! any producer rings after pushing.
+//!
+//! Ringing is cheap when the shard is busy: the doorbell holds the shard's waker only while the
+//! inbox task is parked on an empty inbox, so a burst of pushes costs one cross-thread wake-up.
+
+use std::{
+    future::poll_fn,
+    rc::Rc,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    task::Poll,
+};
+
+use atomic_waker::AtomicWaker;
+
+use super::{Shard, conn::SendOutcome};
+use crate::{fanout::Delivery, ingress::handoff::Handoff, ingress::upgrade};
+
+/// Deliveries handled before the inbox task yields to the connections' I/O tasks.
+const BATCH: usize = 256;
+
+/// Wakes a shard's inbox task from any thread.
+#[derive(Default)]
+pub struct Doorbell {
+    /// The parked inbox task's waker, if it is parked.
+    waker: AtomicWaker,
+}
+
+impl Doorbell {
+    /// Wakes the shard if it is waiting for work.
+    pub fn ring(&self) {
+        self.waker.wake();
+    }
+}
+
+/// The consumer ends of a shard's queues.
+pub struct Inbox {
+    /// Notifications routed to this shard by the dispatcher (its only producer).
+    pub deliveries: rtrb::Consumer<Delivery>,
+    /// Connections handed over by each other shard (one ring per sender).
+    pub handoffs: Vec<rtrb::Consumer<Handoff>>,
+    /// Rung by every producer.
+    pub doorbell: Arc<Doorbell>,
+}
+
+impl Inbox {
+    fn has_work(&self) -> bool {
+        !self.deliveries.is_empty() || self.handoffs.iter().any(|c| !c.is_empty())
+    }
+
+    /// Parks until a producer rings (re-checking after registering, so no push is missed).
+    async fn wait(&self) {
+        poll_fn(|cx| {
+            self.doorbell.waker.register(cx.waker());
+            if self.has_work() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// Serves the inbox forever.
+pub async fn run(shard: Rc<Shard>, mut inbox: Inbox) {
+    loop {
+        let mut handled = 0;
+        // Hand-offs first: a connection must be registered before the notifications behind it.
+        for ring in &mut inbox.handoffs {
+            while let Ok(handoff) = ring.pop() {
+                shard.stats.handoffs_in.fetch_add(1, Relaxed);
+                upgrade::adopt(&shard, handoff);
+                handled += 1;
+            }
+        }
+        while handled < BATCH {
+            let Ok(delivery) = inbox.deliveries.pop() else {
+                break;
+            };
+            deliver(&shard, delivery);
+            handled += 1;
+        }
+        if handled == 0 {
+            inbox.wait().await;
+        } else if handled >= BATCH {
+            yield_now().await;
+        }
+    }
+}
+
+/// Writes one notification to every connection of its user on this shard.
+fn deliver(shard: &Rc<Shard>, delivery: Delivery) {
+    let mut recipients = 0u32;
+    for conn in shard.registry.borrow().user(&delivery.user) {
+        if conn.send(shard, delivery.frame.clone()) != SendOutcome::Rejected {
+            recipients += 1;
+        }
+    }
+    if recipients > 0 {
+        shard
+            .stats
+            .notifications_sent
+            .fetch_add(u64::from(recipients), Relaxed);
+        let us = delivery.received.elapsed().as_micros() as u64;
+        shard.stats.delivery_latency.observe_us(us);
+    }
+    if let Some(reply) = delivery.reply {
+        // The publisher may have given up waiting; that is fine.
+        let _ = reply.send(recipients);
+    }
+}
+
+/// Lets other tasks on this thread run once.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
+}

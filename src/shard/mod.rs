@@ -1,0 +1,233 @@
+//! A shard: one thread, one core, one monoio runtime, its own `SO_REUSEPORT` listener, and the
+//! connections of the users that hash to it.
+//!
+//! Everything a shard owns stays on its thread (`Rc`, `RefCell`). Other threads reach it only
+//! through its [`inbox`]: notifications from the dispatcher and connections handed over by other
+//! shards, each over a lock-free single-producer queue, plus a waker to get its attention.
+
+pub mod conn;
+pub mod inbox;
+pub mod reader;
+pub mod registry;
+pub mod sweep;
+pub mod sys;
+
+use std::{
+    cell::RefCell,
+    io,
+    net::TcpListener as StdListener,
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use self::{inbox::Inbox, registry::Registry};
+use crate::{
+    ingress::{accept, auth::Authenticator, handoff::Outlets, handshake::HandshakeConfig},
+    metrics::{Metrics, ShardStats},
+    ws::frame,
+};
+
+/// Size of the shard's one read buffer, shared by all its connections (reads are synchronous
+/// after readiness, so one buffer serves them all in turn).
+pub const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// Which I/O driver a shard runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring (Linux 5.6+ where not blocked by seccomp).
+    IoUring,
+    /// epoll, monoio's "legacy" driver.
+    Epoll,
+}
+
+impl Driver {
+    /// Label for logs and the build-info metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+/// Per-connection limits and timeouts, copied onto each shard.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Client frame limits (message size cap).
+    pub frame: frame::Limits,
+    /// Queued frames per connection before it is closed as a slow consumer.
+    pub outbox_max_messages: usize,
+    /// Queued bytes per connection before it is closed as a slow consumer.
+    pub outbox_max_bytes: usize,
+    /// Silence before the server pings; twice this without a frame closes the connection.
+    pub idle_timeout: Duration,
+    /// How long a closing handshake may take before the socket is dropped.
+    pub close_timeout: Duration,
+    /// Connections one user may hold on this gateway; the oldest goes when exceeded.
+    pub max_connections_per_user: usize,
+    /// Time allowed from accept to a complete upgrade request.
+    pub handshake_timeout: Duration,
+    /// Upgrade request parsing rules.
+    pub handshake: HandshakeConfig,
+}
+
+/// State shared by all shards of the process (read-mostly, thread-safe).
+pub struct Shared {
+    /// Verifies client tokens.
+    pub auth: Authenticator,
+    /// Connections established or being handed over, across all shards.
+    connections: AtomicUsize,
+    /// Refuse upgrades (503) beyond this many connections.
+    pub max_connections: usize,
+    /// Number of shards; the routing modulus.
+    pub shard_count: usize,
+    /// Set once on shutdown: stop accepting.
+    pub draining: AtomicBool,
+    /// Metrics registry (per-shard stats live inside).
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// Builds the shared state.
+    pub fn new(
+        auth: Authenticator,
+        max_connections: usize,
+        shard_count: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            auth,
+            connections: AtomicUsize::new(0),
+            max_connections,
+            shard_count,
+            draining: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// Reserves a connection slot; `false` when the process is at `max_connections`.
+    pub fn try_reserve_connection(&self) -> bool {
+        let prev = self.connections.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.max_connections {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Returns a slot taken by [`Self::try_reserve_connection`].
+    pub fn release_connection(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Connections currently counted against the cap.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+}
+
+/// A shard's state, on its own thread.
+pub struct Shard {
+    /// Index of this shard (0-based), also its routing value.
+    pub id: usize,
+    /// Limits applied to every connection.
+    pub limits: Limits,
+    /// Counters this shard writes.
+    pub stats: Arc<ShardStats>,
+    /// The connections.
+    pub registry: RefCell<Registry>,
+    /// The one read buffer (see [`SCRATCH_BYTES`]).
+    pub scratch: RefCell<Box<[u8]>>,
+    /// Process-wide state.
+    pub shared: Arc<Shared>,
+    /// Queues to the other shards for hand-offs.
+    pub outlets: RefCell<Outlets>,
+    /// Origin of [`Self::now_ms`].
+    epoch: Instant,
+}
+
+impl Shard {
+    /// Monotonic milliseconds since the shard started.
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether the process is shutting down.
+    pub fn draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Everything a shard thread is started with.
+pub struct ShardSetup {
+    /// Shard index.
+    pub id: usize,
+    /// Core to pin to, if pinning.
+    pub core: Option<core_affinity::CoreId>,
+    /// I/O driver to build.
+    pub driver: Driver,
+    /// Its bound, listening `SO_REUSEPORT` socket.
+    pub listener: StdListener,
+    /// Connection limits.
+    pub limits: Limits,
+    /// Process-wide state.
+    pub shared: Arc<Shared>,
+    /// Incoming queues.
+    pub inbox: Inbox,
+    /// Outgoing hand-off queues.
+    pub outlets: Outlets,
+    /// Told `Ok(id)` once the shard serves (or the error that stopped it).
+    pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
+}
+
+/// Runs a shard on the current thread until shutdown.
+pub fn run(setup: ShardSetup) -> io::Result<()> {
+    if let Some(core) = setup.core {
+        // Best effort: an unpinned shard still works, just with less cache locality.
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(
+                shard = setup.id,
+                core = core.id,
+                "could not pin shard to core"
+            );
+        }
+    }
+    match setup.driver {
+        Driver::IoUring => RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(8192)
+            .enable_timer()
+            .build()?
+            .block_on(main(setup)),
+        Driver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
+            .enable_timer()
+            .build()?
+            .block_on(main(setup)),
+    }
+}
+
+/// The shard's main future: starts its tasks and serves the inbox until shutdown.
+async fn main(setup: ShardSetup) -> io::Result<()> {
+    let listener = monoio::net::TcpListener::from_std(setup.listener)?;
+    let _ = setup.ready.send(Ok(setup.id));
+    let stats = setup.shared.metrics.shard(setup.id);
+    let shard = Rc::new(Shard {
+        id: setup.id,
+        limits: setup.limits,
+        stats,
+        registry: RefCell::new(Registry::default()),
+        scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
+        shared: setup.shared,
+        outlets: RefCell::new(setup.outlets),
+        epoch: Instant::now(),
+    });
+    monoio::spawn(accept::run(shard.clone(), listener));
+    monoio::spawn(sweep::run(shard.clone()));
+    inbox::run(shard, setup.inbox).await;
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The reader task of a connection: waits for readiness, reads into the shard's scratch buffer,
+//! decodes frames and answers them. It owns the connection's life: when it exits, the connection
+//! is unregistered and torn down.
+
+use std::{io, rc::Rc, sync::atomic::Ordering::Relaxed};
+
+use super::{
+    Shard,
+    conn::{Conn, Phase},
+    sys,
+};
+use crate::{
+    clock,
+    metrics::{CloseCode, ErrorType},
+    ws::{
+        frame::{self, Decoder, Event},
+        message::{self, ClientMessage},
+    },
+};
+
+/// What decoding a batch of bytes asks the reader to do next.
+enum Next {
+    /// Keep reading.
+    Continue,
+    /// The closing handshake is complete (or the connection failed): tear down now.
+    Finish,
+}
+
+/// Runs until the connection ends. `leftover` holds bytes that arrived with the upgrade request.
+pub async fn run(conn: Rc<Conn>, shard: Rc<Shard>, mut leftover: Vec<u8>) {
+    let mut decoder = Some(Decoder::default());
+    let mut next = Next::Continue;
+    if !leftover.is_empty() {
+        next = on_bytes(&conn, &shard, &mut decoder, &mut leftover);
+    }
+    drop(leftover);
+    'conn: while let Next::Continue = next {
+        if conn.phase() == Phase::Closed || conn.stream.readable(false).await.is_err() {
+            break;
+        }
+        loop {
+            let mut scratch = shard.scratch.borrow_mut();
+            let cap = scratch.len();
+            match sys::recv(conn.fd, &mut scratch) {
+                Ok(0) => break 'conn,
+                Ok(n) => {
+                    conn.touch(shard.now_ms());
+                    next = on_bytes(&conn, &shard, &mut decoder, &mut scratch[..n]);
+                    if n < cap || !matches!(next, Next::Continue) {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    shard.stats.inc_error(ErrorType::WebsocketError);
+                    break 'conn;
+                }
+            }
+        }
+    }
+    shard.registry.borrow_mut().remove(&conn);
+    conn.finish(&shard);
+    shard.stats.connections_active.fetch_sub(1, Relaxed);
+    shard.shared.release_connection();
+}
+
+/// Decodes and handles one batch of bytes.
+fn on_bytes(
+    conn: &Rc<Conn>,
+    shard: &Rc<Shard>,
+    decoder: &mut Option<Decoder>,
+    bytes: &mut [u8],
+) -> Next {
+    // After a protocol error the stream is garbage: discard until the peer closes.
+    let Some(dec) = decoder.as_mut() else {
+        return Next::Continue;
+    };
+    let mut next = Next::Continue;
+    let result = dec.feed(bytes, &shard.limits.frame, |event| {
+        if let Next::Finish = next {
+            return;
+        }
+        next = on_event(conn, shard, event);
+    });
+    if let Err(err) = result {
+        *decoder = None;
+        shard.stats.inc_error(ErrorType::WebsocketError);
+        let code = CloseCode::from_code(err.close_code()).unwrap_or(CloseCode::Protocol1002);
+        conn.close(shard, code, &err.to_string());
+    }
+    next
+}
+
+/// Handles one decoded client frame or message.
+fn on_event(conn: &Rc<Conn>, shard: &Rc<Shard>, event: Event<'_>) -> Next {
+    let open = conn.phase() == Phase::Open;
+    match event {
+        Event::Text(text) if open => {
+            let mut copy = text.to_vec();
+            let reply = match message::classify_text(&mut copy) {
+                ClientMessage::Ping => message::pong_frame(clock::unix_ms()),
+                ClientMessage::Unsupported(reason) => {
+                    message::error_frame(reason, clock::unix_ms())
+                }
+            };
+            conn.send(shard, reply);
+        }
+        Event::Binary(_) if open => {
+            conn.send(
+                shard,
+                message::error_frame("binary_not_supported", clock::unix_ms()),
+            );
+        }
+        Event::Ping(payload) if open => {
+            conn.send(shard, frame::encode_pong(payload));
+        }
+        Event::Close(status) => {
+            if open {
+                // Echo the client's code (RFC 6455 §5.5.1); no code means a normal closure.
+                let code = status
+                    .and_then(|(code, _)| CloseCode::from_code(code))
+                    .unwrap_or(CloseCode::Normal1000);
+                conn.close(shard, code, "");
+            }
+            // Both close frames exchanged once ours is out: then the server closes TCP first.
+            if conn.peer_closed() {
+                return Next::Finish;
+            }
+        }
+        // Pongs only prove liveness (already recorded); data after our close is ignored.
+        _ => {}
+    }
+    Next::Continue
+}

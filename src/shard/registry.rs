@@ -1,0 +1,89 @@
+//! The shard's connections: a slab of connections and an index from user id to that user's
+//! connections, oldest first (a user may be connected from several devices).
+//!
+//! Lives on its shard's thread only (`Rc`, no locks). Removal is done by the connection's reader
+//! task when it exits, so every inserted connection is removed exactly once.
+
+use std::{collections::HashMap, rc::Rc};
+
+use slab::Slab;
+use smallvec::SmallVec;
+
+use super::conn::Conn;
+
+/// A user's connections in arrival order. Two inline slots cover the common phone + laptop case
+/// without a heap allocation.
+type UserConns = SmallVec<[u32; 2]>;
+
+/// Connections of one shard.
+#[derive(Default)]
+pub struct Registry {
+    /// Every live connection, by key.
+    conns: Slab<Rc<Conn>>,
+    /// User id -> keys of that user's connections, oldest first.
+    users: HashMap<Rc<str>, UserConns>,
+}
+
+impl Registry {
+    /// Inserts `conn`. When the user then has more than `per_user_cap` connections, the oldest is
+    /// returned so the caller can close it (1008): a reconnecting device always gets in.
+    pub fn insert(&mut self, conn: Rc<Conn>, per_user_cap: usize) -> Option<Rc<Conn>> {
+        let user = conn.user.clone();
+        let key = self.conns.insert(conn.clone());
+        let key = u32::try_from(key).expect("more than u32::MAX connections on one shard");
+        conn.key.set(key);
+        let list = self.users.entry(user).or_default();
+        list.push(key);
+        if list.len() > per_user_cap {
+            let oldest = list.remove(0);
+            // The evicted connection stays in the slab until its reader exits and calls
+            // `remove`, but it no longer receives notifications.
+            return self.conns.get(oldest as usize).cloned();
+        }
+        None
+    }
+
+    /// Removes a connection (idempotent).
+    pub fn remove(&mut self, conn: &Conn) {
+        let key = conn.key.get();
+        match self.conns.get(key as usize) {
+            Some(c) if std::ptr::eq(Rc::as_ptr(c), conn) => {}
+            _ => return,
+        }
+        self.conns.remove(key as usize);
+        if let Some(list) = self.users.get_mut(&*conn.user) {
+            list.retain(|k| *k != key);
+            if list.is_empty() {
+                self.users.remove(&*conn.user);
+            }
+        }
+    }
+
+    /// The connections currently subscribed to `user`'s notifications, oldest first.
+    pub fn user(&self, user: &str) -> impl Iterator<Item = &Rc<Conn>> {
+        self.users
+            .get(user)
+            .into_iter()
+            .flat_map(|keys| keys.iter().filter_map(|k| self.conns.get(*k as usize)))
+    }
+
+    /// Every connection (for the idle sweep and drain).
+    pub fn iter(&self) -> impl Iterator<Item = &Rc<Conn>> {
+        self.conns.iter().map(|(_, c)| c)
+    }
+
+    /// Number of connections held.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether the shard holds no connection.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Number of distinct users with at least one connection.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+}
