@@ -8,6 +8,7 @@ use chat4all_gateway::{
     gateway, telemetry,
 };
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -132,3 +132,44 @@ fn on_event(conn: &Rc<Conn>, shard: &Rc<Shard>, event: Event<'_>) -> Next {
     }
     Next::Continue
 }
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use super::*;
+
+    /// Every idle connection holds one `Conn` and one reader task: guard their sizes, since the
+    /// idle-memory budget (<= 1 KiB per connection, measured in docs/PERFORMANCE.md) depends on
+    /// them.
+    #[test]
+    fn per_connection_state_stays_small() {
+        fn future_size<F: std::future::Future>(_: &F) -> usize {
+            size_of::<F>()
+        }
+        assert!(
+            size_of::<Conn>() <= 208,
+            "Conn grew to {}",
+            size_of::<Conn>()
+        );
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            a.set_nonblocking(true).unwrap();
+            let stream = monoio::net::TcpStream::from_std(a).unwrap();
+            let conn = Rc::new(Conn::new(stream, Rc::from("u"), 0));
+            let shard_size = size_of::<Rc<Shard>>();
+            // The reader future without spawning it (it needs a shard): its own size is what
+            // `run` holds across its await point plus the readiness future.
+            let readable = future_size(&conn.stream.readable(false));
+            assert!(
+                readable + shard_size <= 160,
+                "readiness future grew to {readable}"
+            );
+        });
+    }
+}
