@@ -236,7 +236,8 @@ pub struct Config {
     #[arg(long, env = "FD_RESERVE", default_value_t = 64, value_parser = parse_usize)]
     pub fd_reserve: usize,
 
-    /// Maximum concurrent connections for one user; the oldest is not evicted, the newest refused.
+    /// Maximum concurrent connections for one user; beyond it the user's oldest connection is
+    /// closed with 1008, so a reconnecting device always gets in.
     ///
     /// Bounds what one leaked token can consume.
     #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 8, value_parser = parse_usize)]
@@ -331,6 +332,16 @@ pub struct Config {
     #[arg(long, env = "REDIS_MASTER_NAME")]
     pub redis_master_name: Option<String>,
 
+    /// Password for the Redis server reached through REDIS_HOST or the sentinels (REDIS_URL
+    /// carries its own).
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// Per-user mode: how long after a user's last connection closes before its channel is
+    /// unsubscribed, so reconnect churn does not thrash Redis.
+    #[arg(long, env = "REDIS_UNSUBSCRIBE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub redis_unsubscribe_grace: Duration,
+
     /// Log format on stderr: text or json. Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -377,6 +388,7 @@ impl Config {
             &mut self.redis_url,
             &mut self.redis_sentinels,
             &mut self.redis_master_name,
+            &mut self.redis_password,
             &mut self.publish_api_key,
         ] {
             if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
@@ -644,6 +656,11 @@ impl Config {
             ),
             (n("redis_sentinels"), opt(&self.redis_sentinels)),
             (n("redis_master_name"), opt(&self.redis_master_name)),
+            (n("redis_password"), secret(&self.redis_password)),
+            (
+                n("redis_unsubscribe_grace"),
+                dur(self.redis_unsubscribe_grace),
+            ),
             (n("log_format"), self.log_format.as_str().into()),
             (n("drain_period"), dur(self.drain_period)),
         ]
@@ -1016,6 +1033,8 @@ mod tests {
         ("REDIS_SUBSCRIPTION", "per-user"),
         ("REDIS_SENTINELS", "s1:26379,s2:26379"),
         ("REDIS_MASTER_NAME", "mymaster"),
+        ("REDIS_PASSWORD", "env-redis-pass"),
+        ("REDIS_UNSUBSCRIBE_GRACE", "2s"),
         ("LOG_FORMAT", "json"),
         ("DRAIN_SECONDS", "7"),
     ];
@@ -1077,6 +1096,8 @@ mod tests {
         assert_eq!(c.redis_channel_prefix, "n:");
         assert_eq!(c.redis_subscription, RedisSubscription::PerUser);
         assert_eq!(c.redis_sentinels.as_deref(), Some("s1:26379,s2:26379"));
+        assert_eq!(c.redis_password.as_deref(), Some("env-redis-pass"));
+        assert_eq!(c.redis_unsubscribe_grace, Duration::from_secs(2));
         assert_eq!(c.redis_master_name.as_deref(), Some("mymaster"));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.drain_period, Duration::from_secs(7));

@@ -13,9 +13,19 @@ use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 
 use crate::{
+    config::RedisSubscription,
     config::{Config, IoDriver},
     control::server::{self, State},
-    fanout::{broker::Broker, dispatch::Dispatcher, local::LocalBroker},
+    fanout::{
+        broker::Broker,
+        dispatch::Dispatcher,
+        local::LocalBroker,
+        redis::{
+            publisher::Publisher,
+            subscriber::Subscriber,
+            target::{Target, TargetError},
+        },
+    },
     ingress::{
         auth::{AuthConfig, AuthSetupError, Authenticator, KeySource},
         handoff::Outlets,
@@ -29,8 +39,9 @@ use crate::{
     ws::frame,
 };
 
-/// Slots of each shard-to-shard hand-off ring (connections in transit).
-const HANDOFF_RING: usize = 4096;
+/// Slots of each shard-to-shard hand-off ring (connections in transit; a full ring answers 503).
+/// Memory: SHARDS x (SHARDS - 1) x 512 x 72 B, e.g. 2.3 MB at 8 shards, 36 MB at 32.
+const HANDOFF_RING: usize = 512;
 /// How long the dispatcher waits for room in a full shard ring before dropping.
 const FULL_QUEUE_WAIT: Duration = Duration::from_millis(10);
 
@@ -58,6 +69,9 @@ pub enum StartError {
         /// Why.
         source: io::Error,
     },
+    /// The Redis settings do not describe a reachable server.
+    #[error("Redis configuration: {0}")]
+    Redis(#[from] TargetError),
     /// io_uring was forced but is not available here.
     #[error(
         "IO_DRIVER=io-uring but io_uring is not available on this host (blocked by seccomp or an old kernel); use IO_DRIVER=auto or epoll"
@@ -176,6 +190,9 @@ pub fn max_connections(cfg: &Config, nofile: u64, shards: usize) -> usize {
 /// Binds, wires and starts everything. Returns once every shard is serving.
 pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     let driver = resolve_driver(cfg)?;
+    let redis = Target::from_config(cfg)?;
+    // rustls needs a process-wide crypto provider for rediss://; ring avoids a C++ toolchain.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let shards = cfg.shard_count();
     let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     let max_connections = max_connections(cfg, nofile, shards);
@@ -220,6 +237,14 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     } else {
         Vec::new()
     };
+    // Per-user subscriptions: shards tell the subscriber who is connected here.
+    let (membership_tx, membership_rx) = match (&redis, cfg.redis_subscription) {
+        (Some(_), RedisSubscription::PerUser) => {
+            let (tx, rx) = mpsc::channel();
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
     let mut threads = Vec::with_capacity(shards);
     let shard_parts = ws_listeners
@@ -241,6 +266,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
                 doorbell: doorbells[id].clone(),
             },
             outlets: Outlets::new(outlets, doorbells.clone()),
+            membership: membership_tx.clone(),
             ready: ready_tx.clone(),
         };
         let ready = ready_tx.clone();
@@ -283,12 +309,38 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
         FULL_QUEUE_WAIT,
         metrics.global().clone(),
     );
-    let broker = Broker::Local(
-        LocalBroker::start(dispatcher).map_err(|e| StartError::Thread {
-            what: "dispatcher".into(),
-            message: e.to_string(),
-        })?,
-    );
+    drop(membership_tx);
+    let broker = match redis {
+        None => Broker::Local(
+            LocalBroker::start(dispatcher).map_err(|e| StartError::Thread {
+                what: "dispatcher".into(),
+                message: e.to_string(),
+            })?,
+        ),
+        Some(target) => {
+            let subscribed = Arc::new(AtomicBool::new(false));
+            Subscriber {
+                target: target.clone(),
+                prefix: cfg.redis_channel_prefix.clone(),
+                mode: cfg.redis_subscription,
+                max_payload_bytes: cfg.max_publish_bytes,
+                dispatcher,
+                events: membership_rx,
+                grace: cfg.redis_unsubscribe_grace,
+                stats: metrics.global().clone(),
+                ready: subscribed.clone(),
+            }
+            .spawn()
+            .map_err(|e| StartError::Thread {
+                what: "Redis subscriber".into(),
+                message: e.to_string(),
+            })?;
+            Broker::Redis {
+                publisher: Arc::new(Publisher::new(target, cfg.redis_channel_prefix.clone())),
+                subscribed,
+            }
+        }
+    };
     let draining = Arc::new(AtomicBool::new(false));
     server::spawn(
         control,

@@ -83,7 +83,7 @@ label_enum! {
     ErrorType("error_type") {
         /// No token in the upgrade request.
         MissingToken => "missing_token",
-        /// Token present but not a parseable JWT.
+        /// Token verified but carries no usable user id (`user_id`/`sub` missing or invalid).
         InvalidToken => "invalid_token",
         /// Signature, algorithm or claim checks failed.
         JwtVerificationFailed => "jwt_verification_failed",
@@ -91,7 +91,7 @@ label_enum! {
         BadRequest => "bad_request",
         /// Upgrade not completed within HANDSHAKE_TIMEOUT.
         HandshakeTimeout => "handshake_timeout",
-        /// Refused by MAX_CONNECTIONS or MAX_CONNECTIONS_PER_USER.
+        /// Refused with 503: MAX_CONNECTIONS reached, hand-off queue full, or draining.
         OverCapacity => "over_capacity",
         /// Protocol error on an established connection.
         WebsocketError => "websocket_error",

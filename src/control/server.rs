@@ -172,7 +172,7 @@ async fn publish_handler(req: Request<Incoming>, state: &State) -> Response<Full
             Ok(frame) => frame,
             Err(err) => return error(StatusCode::BAD_REQUEST, err.kind(), &err.to_string()),
         };
-    match state.broker.publish(user_ids, frame).await {
+    match state.broker.publish(user_ids, &payload, frame).await {
         Ok(recipients) => json(
             StatusCode::OK,
             serde_json::json!({ "recipients": recipients }).to_string(),

@@ -1,12 +1,22 @@
 //! What the control plane publishes through. Without Redis, the single-node [`LocalBroker`]
-//! delivers in process; the Redis backend plugs in here as another variant.
+//! delivers in process; with Redis, the [`Publisher`] PUBLISHes so that whichever gateway
+//! instance holds the user delivers it (through its subscriber).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use thiserror::Error;
 
-use super::local::{LocalBroker, Outcome};
+use super::{
+    local::{LocalBroker, Outcome},
+    redis::publisher::Publisher,
+};
 
 /// How long a publish waits for the shards' answers.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -20,6 +30,9 @@ pub enum BrokerError {
     /// The broker is not running or did not answer.
     #[error("the broker is not available")]
     Unavailable,
+    /// Redis refused or did not answer.
+    #[error("Redis is not available: {0}")]
+    Redis(String),
 }
 
 impl BrokerError {
@@ -28,6 +41,7 @@ impl BrokerError {
         match self {
             BrokerError::Overloaded => "overloaded",
             BrokerError::Unavailable => "unavailable",
+            BrokerError::Redis(_) => "redis_unavailable",
         }
     }
 }
@@ -37,11 +51,26 @@ impl BrokerError {
 pub enum Broker {
     /// In-process delivery on this gateway only.
     Local(LocalBroker),
+    /// Through Redis, to every gateway instance.
+    Redis {
+        /// PUBLISHes for the API.
+        publisher: Arc<Publisher>,
+        /// The subscriber's "subscribed" flag.
+        subscribed: Arc<AtomicBool>,
+    },
 }
 
 impl Broker {
-    /// Publishes an encoded frame to `users`; returns the number of connections reached.
-    pub async fn publish(&self, users: Vec<String>, frame: Bytes) -> Result<u32, BrokerError> {
+    /// Publishes a validated notification to `users`. `payload` is its compact JSON text (what
+    /// Redis carries) and `frame` the same notification normalised and encoded (what the local
+    /// broker delivers). Returns the connections reached (local) or the Redis subscribers that
+    /// received it, summed over users (Redis: gateway instances, whose shards then deliver).
+    pub async fn publish(
+        &self,
+        users: Vec<String>,
+        payload: &[u8],
+        frame: Bytes,
+    ) -> Result<u32, BrokerError> {
         match self {
             Broker::Local(local) => {
                 let count = users.len() as u32;
@@ -57,13 +86,19 @@ impl Broker {
                 }
                 Ok(recipients)
             }
+            Broker::Redis { publisher, .. } => publisher
+                .publish(&users, payload)
+                .await
+                .map_err(BrokerError::Redis),
         }
     }
 
-    /// Whether the broker can deliver now (the local broker always can).
+    /// Whether the broker can deliver now: always for the local broker; while subscribed for
+    /// Redis.
     pub fn is_ready(&self) -> bool {
         match self {
             Broker::Local(_) => true,
+            Broker::Redis { subscribed, .. } => subscribed.load(Ordering::Acquire),
         }
     }
 }

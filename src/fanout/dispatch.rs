@@ -4,8 +4,10 @@
 //!
 //! Overload policy: when a shard's ring is full, the dispatcher waits up to `full_wait` for the
 //! shard to catch up, then drops the notification and counts it
-//! (`notifications_dropped_total{reason="queue_full"}`). It never blocks for long, because its
-//! upstream (Redis) disconnects subscribers that stop reading.
+//! (`notifications_dropped_total{reason="queue_full"}`). After such a drop the shard is
+//! "shedding": further notifications for it are dropped at once, without waiting, until its ring
+//! has room again. So the dispatcher never slows below the rate it can read at, because its
+//! upstream (Redis) disconnects subscribers that stop reading, which would lose far more.
 
 use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
@@ -47,6 +49,9 @@ pub struct Dispatcher {
     full_wait: Duration,
     /// Drop counters.
     stats: Arc<GlobalStats>,
+    /// `shedding[i]`: shard `i`'s ring was full through a whole wait; drop without waiting
+    /// until it has room.
+    shedding: Vec<bool>,
 }
 
 impl Dispatcher {
@@ -59,6 +64,7 @@ impl Dispatcher {
     ) -> Self {
         assert_eq!(rings.len(), doorbells.len());
         Self {
+            shedding: vec![false; rings.len()],
             rings,
             doorbells,
             full_wait,
@@ -76,11 +82,16 @@ impl Dispatcher {
         let shard = route::owner_shard(&delivery.user, self.rings.len());
         let mut delivery = match self.rings[shard].push(delivery) {
             Ok(()) => {
+                self.shedding[shard] = false;
                 self.doorbells[shard].ring();
                 return Ok(());
             }
             Err(rtrb::PushError::Full(d)) => d,
         };
+        if self.shedding[shard] {
+            self.stats.notifications_dropped[DropReason::QueueFull as usize].fetch_add(1, Relaxed);
+            return Err(DispatchError::QueueFull(shard));
+        }
         // Full: make sure the shard is awake, then wait a bounded time for room.
         self.doorbells[shard].ring();
         let deadline = Instant::now() + self.full_wait;
@@ -94,6 +105,7 @@ impl Dispatcher {
                 Err(rtrb::PushError::Full(d)) => delivery = d,
             }
             if Instant::now() >= deadline {
+                self.shedding[shard] = true;
                 self.stats.notifications_dropped[DropReason::QueueFull as usize]
                     .fetch_add(1, Relaxed);
                 return Err(DispatchError::QueueFull(shard));
@@ -146,5 +158,20 @@ mod tests {
         );
         assert!(c0.pop().is_err());
         assert_eq!(&*c1.pop().unwrap().user, user);
+        // Shedding: with the ring full again, the next drop does not wait.
+        d.dispatch(delivery(&user)).unwrap();
+        d.dispatch(delivery(&user)).unwrap_err();
+        let t = Instant::now();
+        assert_eq!(
+            d.dispatch(delivery(&user)),
+            Err(DispatchError::QueueFull(1))
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(5),
+            "a shedding shard must not be waited for"
+        );
+        // Room again ends shedding.
+        c1.pop().unwrap();
+        d.dispatch(delivery(&user)).unwrap();
     }
 }

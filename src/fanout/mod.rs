@@ -9,6 +9,7 @@ pub mod broker;
 pub mod dispatch;
 pub mod local;
 pub mod payload;
+pub mod redis;
 pub mod route;
 
 use std::time::Instant;

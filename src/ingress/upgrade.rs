@@ -171,18 +171,22 @@ fn establish(
     // Small writes: disable Nagle so a notification leaves at once.
     let _ = stream.set_nodelay(true);
     let conn = Rc::new(Conn::new(stream, user, shard.now_ms()));
-    let evicted = shard
+    let inserted = shard
         .registry
         .borrow_mut()
         .insert(conn.clone(), shard.limits.max_connections_per_user);
+    if inserted.first_for_user {
+        shard.user_joined(&conn.user);
+    }
     shard.stats.connections_active.fetch_add(1, Relaxed);
     shard.stats.inc_handshake(HandshakeOutcome::Accepted);
+    tracing::debug!(shard = shard.id, user = %conn.user, "connected");
     let connected = message::connected_frame(&conn.user, clock::unix_ms());
     let mut greeting = Vec::with_capacity(160 + connected.len());
     handshake::write_switching_protocols(accept_key, &mut greeting);
     greeting.extend_from_slice(&connected);
     conn.send(shard, Bytes::from(greeting));
-    if let Some(old) = evicted {
+    if let Some(old) = inserted.evicted {
         old.close(
             shard,
             crate::metrics::CloseCode::Policy1008,

@@ -15,6 +15,7 @@ use std::{
 use atomic_waker::AtomicWaker;
 
 use super::{Shard, conn::SendOutcome};
+use crate::metrics::DropReason;
 use crate::{fanout::Delivery, ingress::handoff::Handoff, ingress::upgrade};
 
 /// Deliveries handled before the inbox task yields to the connections' I/O tasks.
@@ -106,9 +107,15 @@ fn deliver(shard: &Rc<Shard>, delivery: Delivery) {
         let us = delivery.received.elapsed().as_micros() as u64;
         shard.stats.delivery_latency.observe_us(us);
     }
-    if let Some(reply) = delivery.reply {
+    match delivery.reply {
         // The publisher may have given up waiting; that is fine.
-        let _ = reply.send(recipients);
+        Some(reply) => {
+            let _ = reply.send(recipients);
+        }
+        // From Redis: with pattern subscriptions every gateway sees every user's traffic and
+        // drops what is not for its own connections.
+        None if recipients == 0 => shard.stats.inc_drop(DropReason::NotLocal, 1),
+        None => {}
     }
 }
 

@@ -28,6 +28,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use self::{inbox::Inbox, registry::Registry};
 use crate::{
+    fanout::redis::membership,
     ingress::{accept, auth::Authenticator, handoff::Outlets, handshake::HandshakeConfig},
     metrics::{Metrics, ShardStats},
     ws::frame,
@@ -148,11 +149,27 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     /// Queues to the other shards for hand-offs.
     pub outlets: RefCell<Outlets>,
+    /// Tells the Redis subscriber which users are here (per-user subscriptions only).
+    pub membership: Option<std::sync::mpsc::Sender<membership::Event>>,
     /// Origin of [`Self::now_ms`].
     epoch: Instant,
 }
 
 impl Shard {
+    /// Reports a user's first connection on this gateway to the subscriber, if it tracks them.
+    pub fn user_joined(&self, user: &str) {
+        if let Some(tx) = &self.membership {
+            let _ = tx.send(membership::Event::Joined(user.into()));
+        }
+    }
+
+    /// Reports that a user's last connection on this gateway is gone.
+    pub fn user_left(&self, user: &str) {
+        if let Some(tx) = &self.membership {
+            let _ = tx.send(membership::Event::Left(user.into()));
+        }
+    }
+
     /// Monotonic milliseconds since the shard started.
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
@@ -182,6 +199,8 @@ pub struct ShardSetup {
     pub inbox: Inbox,
     /// Outgoing hand-off queues.
     pub outlets: Outlets,
+    /// Membership events for the Redis subscriber (per-user mode).
+    pub membership: Option<std::sync::mpsc::Sender<membership::Event>>,
     /// Told `Ok(id)` once the shard serves (or the error that stopped it).
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
 }
@@ -224,6 +243,7 @@ async fn main(setup: ShardSetup) -> io::Result<()> {
         scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
         shared: setup.shared,
         outlets: RefCell::new(setup.outlets),
+        membership: setup.membership,
         epoch: Instant::now(),
     });
     monoio::spawn(accept::run(shard.clone(), listener));

@@ -58,8 +58,11 @@ pub async fn run(conn: Rc<Conn>, shard: Rc<Shard>, mut leftover: Vec<u8>) {
             }
         }
     }
-    shard.registry.borrow_mut().remove(&conn);
+    if shard.registry.borrow_mut().remove(&conn) {
+        shard.user_left(&conn.user);
+    }
     conn.finish(&shard);
+    tracing::debug!(shard = shard.id, user = %conn.user, "disconnected");
     shard.stats.connections_active.fetch_sub(1, Relaxed);
     shard.shared.release_connection();
 }

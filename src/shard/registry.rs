@@ -15,6 +15,14 @@ use super::conn::Conn;
 /// without a heap allocation.
 type UserConns = SmallVec<[u32; 2]>;
 
+/// What [`Registry::insert`] did.
+pub struct Inserted {
+    /// The user's oldest connection, evicted to respect the per-user cap.
+    pub evicted: Option<Rc<Conn>>,
+    /// This is the user's first connection on the shard.
+    pub first_for_user: bool,
+}
+
 /// Connections of one shard.
 #[derive(Default)]
 pub struct Registry {
@@ -27,36 +35,44 @@ pub struct Registry {
 impl Registry {
     /// Inserts `conn`. When the user then has more than `per_user_cap` connections, the oldest is
     /// returned so the caller can close it (1008): a reconnecting device always gets in.
-    pub fn insert(&mut self, conn: Rc<Conn>, per_user_cap: usize) -> Option<Rc<Conn>> {
+    pub fn insert(&mut self, conn: Rc<Conn>, per_user_cap: usize) -> Inserted {
         let user = conn.user.clone();
         let key = self.conns.insert(conn.clone());
         let key = u32::try_from(key).expect("more than u32::MAX connections on one shard");
         conn.key.set(key);
         let list = self.users.entry(user).or_default();
         list.push(key);
-        if list.len() > per_user_cap {
+        let first_for_user = list.len() == 1;
+        let evicted = if list.len() > per_user_cap {
             let oldest = list.remove(0);
             // The evicted connection stays in the slab until its reader exits and calls
             // `remove`, but it no longer receives notifications.
-            return self.conns.get(oldest as usize).cloned();
+            self.conns.get(oldest as usize).cloned()
+        } else {
+            None
+        };
+        Inserted {
+            evicted,
+            first_for_user,
         }
-        None
     }
 
-    /// Removes a connection (idempotent).
-    pub fn remove(&mut self, conn: &Conn) {
+    /// Removes a connection (idempotent). Returns `true` when it was its user's last one.
+    pub fn remove(&mut self, conn: &Conn) -> bool {
         let key = conn.key.get();
         match self.conns.get(key as usize) {
             Some(c) if std::ptr::eq(Rc::as_ptr(c), conn) => {}
-            _ => return,
+            _ => return false,
         }
         self.conns.remove(key as usize);
         if let Some(list) = self.users.get_mut(&*conn.user) {
             list.retain(|k| *k != key);
             if list.is_empty() {
                 self.users.remove(&*conn.user);
+                return true;
             }
         }
+        false
     }
 
     /// The connections currently subscribed to `user`'s notifications, oldest first.

@@ -17,6 +17,8 @@ use tokio_tungstenite::{
     tungstenite::{Message, client::IntoClientRequest},
 };
 
+pub mod redis;
+
 /// The JWT secret every test gateway uses.
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
 

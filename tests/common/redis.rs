@@ -1,0 +1,186 @@
+//! Real Redis servers for tests: `redis-server` (and `redis-sentinel`) on free loopback ports,
+//! stopped by PID when dropped.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A private redis-server (or sentinel) process.
+pub struct RedisProc {
+    /// Its port.
+    pub port: u16,
+    args: Vec<String>,
+    sentinel_conf: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn require(binary: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{binary} is not installed: `apt-get install -y redis-server redis-sentinel` (.ci/run does)"
+    );
+}
+
+impl RedisProc {
+    /// Starts a server on a free port.
+    pub fn start() -> Self {
+        Self::start_on(free_port(), &[])
+    }
+
+    /// Starts a server on `port` with extra arguments (e.g. `--replicaof`).
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        require("redis-server");
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p = Self {
+            port,
+            args,
+            sentinel_conf: None,
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    /// Starts a sentinel monitoring `master_port` as `mymaster` with quorum 1 and fast timeouts.
+    pub fn sentinel(master_port: u16) -> Self {
+        require("redis-sentinel");
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("chat4all-sentinel-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\nlogfile \"\"\nloglevel warning\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n\
+                 sentinel parallel-syncs mymaster 1\n"
+            ),
+        )
+        .unwrap();
+        let mut p = Self {
+            port,
+            args: vec![conf.display().to_string()],
+            sentinel_conf: Some(conf),
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let bin = if self.sentinel_conf.is_some() {
+            "redis-sentinel"
+        } else {
+            "redis-server"
+        };
+        let child = Command::new(bin)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Blocks until the server answers PING.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.ping() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis on port {} did not start", self.port);
+    }
+
+    /// Whether the server answers PING now.
+    pub fn ping(&self) -> bool {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+    }
+
+    /// `redis://127.0.0.1:port/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A fresh synchronous connection.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .unwrap()
+    }
+
+    /// PUBLISHes `payload` on `channel`; returns the receiver count.
+    pub fn publish(&self, channel: &str, payload: &str) -> u32 {
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query(&mut self.conn())
+            .unwrap()
+    }
+
+    /// `kill -9` the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        self.kill9();
+        if let Some(conf) = &self.sentinel_conf {
+            let _ = std::fs::remove_dir_all(conf.parent().unwrap());
+        }
+    }
+}

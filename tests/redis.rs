@@ -1,0 +1,414 @@
+//! Redis fan-out end to end: a real redis-server (and sentinel), real gateways, real clients.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{redis::RedisProc, *};
+use futures_util::StreamExt;
+use tokio::time::{sleep, timeout};
+use tokio_tungstenite::tungstenite::Message;
+
+fn redis_args(r: &RedisProc, mode: &str) -> Vec<String> {
+    vec![
+        "--redis-host".into(),
+        "127.0.0.1".into(),
+        "--redis-port".into(),
+        r.port.to_string(),
+        "--redis-subscription".into(),
+        mode.into(),
+    ]
+}
+
+fn start_with(driver: &str, args: &[String]) -> TestGateway {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start(driver, &args)
+}
+
+/// Waits until `cond` holds (polling), panicking with `what` after `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn wait_ready(gw: &TestGateway) {
+    eventually(Duration::from_secs(10), "/readyz 200", || async {
+        gw.get("/readyz").await.0 == 200
+    })
+    .await;
+}
+
+/// In per-user mode, waits until the gateway has subscribed `user`'s channel.
+async fn wait_subscribed(r: &RedisProc, user: &str, subscribers: i64) {
+    let channel = format!("notifications:{user}");
+    eventually(Duration::from_secs(5), "per-user SUBSCRIBE", || {
+        let mut con = r.conn();
+        let channel = channel.clone();
+        async move {
+            let (_, n): (String, i64) = ::redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query(&mut con)
+                .unwrap();
+            n == subscribers
+        }
+    })
+    .await;
+}
+
+async fn delivers_verbatim_in_order_across_shards(mode: &str) {
+    let r = RedisProc::start();
+    let mut args = redis_args(&r, mode);
+    args.extend(["--max-connections-per-user".into(), "64".into()]);
+    let gw = start_with("io-uring", &args);
+    wait_ready(&gw).await;
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        clients.push(gw.connect("alice").await);
+        if clients.len() >= 4 && gw.metric("websocket_handoffs_total").await >= 1.0 {
+            break;
+        }
+    }
+    let _bob = gw.connect("bob").await;
+    if mode == "per-user" {
+        wait_subscribed(&r, "alice", 1).await;
+    }
+    // Several hundred pipelined messages, each with type and timestamp: forwarded byte for byte.
+    let payloads: Vec<String> = (0..500)
+        .map(|i| format!(r#"{{"type":"message","timestamp":17,"seq":{i},"text":"héllo"}}"#))
+        .collect();
+    let mut pipe = ::redis::pipe();
+    for p in &payloads {
+        pipe.cmd("PUBLISH")
+            .arg("notifications:alice")
+            .arg(p)
+            .ignore();
+    }
+    pipe.query::<()>(&mut r.conn()).unwrap();
+    for c in &mut clients {
+        for expected in &payloads {
+            let msg = timeout(WAIT, c.next()).await.unwrap().unwrap().unwrap();
+            assert_eq!(msg, Message::text(expected.clone()));
+        }
+    }
+    // A payload without type/timestamp is normalised like the Java gateway did.
+    r.publish("notifications:alice", r#"{"text":"x"}"#);
+    let m = next_json(&mut clients[0]).await;
+    assert_eq!(
+        (m["type"].as_str(), m["text"].as_str()),
+        (Some("notification"), Some("x"))
+    );
+    // Garbage is dropped and counted, never delivered.
+    r.publish("notifications:alice", "not json");
+    r.publish("notifications:alice", "[1,2]");
+    eventually(WAIT, "message_processing errors counted", || async {
+        gw.metric(r#"redis_errors_total{error_type="message_processing"}"#)
+            .await
+            >= 2.0
+    })
+    .await;
+    assert_silent(&mut clients[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_mode_delivers_verbatim_in_order_across_shards() {
+    delivers_verbatim_in_order_across_shards("pattern").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_mode_delivers_verbatim_in_order_across_shards() {
+    delivers_verbatim_in_order_across_shards("per-user").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_per_user_mode_each_receive_only_their_users_traffic() {
+    let r = RedisProc::start();
+    let mut args = redis_args(&r, "per-user");
+    args.extend(["--redis-unsubscribe-grace".into(), "300ms".into()]);
+    let gw1 = start_with("io-uring", &args);
+    let gw2 = start_with("epoll", &args);
+    let mut alice = gw1.connect("alice").await;
+    let mut bob = gw2.connect("bob").await;
+    wait_subscribed(&r, "alice", 1).await;
+    wait_subscribed(&r, "bob", 1).await;
+    for i in 0..100 {
+        r.publish("notifications:alice", &format!(r#"{{"n":{i}}}"#));
+        r.publish("notifications:bob", &format!(r#"{{"n":{i}}}"#));
+    }
+    for i in 0..100 {
+        assert_eq!(next_json(&mut alice).await["n"], i);
+        assert_eq!(next_json(&mut bob).await["n"], i);
+    }
+    assert_eq!(gw1.metric("redis_events_consumed_total").await, 100.0);
+    assert_eq!(gw2.metric("redis_events_consumed_total").await, 100.0);
+    // When a user leaves, its channel is released after the grace period.
+    drop(alice);
+    wait_subscribed(&r, "alice", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_pattern_mode_drop_other_instances_users() {
+    let r = RedisProc::start();
+    let gw1 = start_with("io-uring", &redis_args(&r, "pattern"));
+    let gw2 = start_with("io-uring", &redis_args(&r, "pattern"));
+    wait_ready(&gw1).await;
+    wait_ready(&gw2).await;
+    let mut alice = gw1.connect("alice").await;
+    let mut bob = gw2.connect("bob").await;
+    for i in 0..50 {
+        assert_eq!(
+            r.publish("notifications:alice", &format!(r#"{{"n":{i}}}"#)),
+            2
+        );
+        r.publish("notifications:bob", &format!(r#"{{"n":{i}}}"#));
+    }
+    for i in 0..50 {
+        assert_eq!(next_json(&mut alice).await["n"], i);
+        assert_eq!(next_json(&mut bob).await["n"], i);
+    }
+    assert_silent(&mut alice).await;
+    for gw in [&gw1, &gw2] {
+        assert_eq!(gw.metric("redis_events_consumed_total").await, 100.0);
+        eventually(WAIT, "not_local drops", || async {
+            gw.metric(r#"notifications_dropped_total{reason="not_local"}"#)
+                .await
+                == 50.0
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_redis_kill9_and_restart() {
+    let mut r = RedisProc::start();
+    let gw = start_with("io-uring", &redis_args(&r, "pattern"));
+    wait_ready(&gw).await;
+    let mut c = gw.connect("carol").await;
+    r.publish("notifications:carol", r#"{"n":"before"}"#);
+    assert_eq!(next_json(&mut c).await["n"], "before");
+
+    r.kill9();
+    eventually(WAIT, "/readyz 503 while Redis is down", || async {
+        gw.get("/readyz").await.0 == 503
+    })
+    .await;
+    assert_eq!(gw.metric("redis_connected").await, 0.0);
+    // Still serving clients meanwhile.
+    let _d = gw.connect("dave").await;
+    sleep(Duration::from_millis(1500)).await;
+
+    r.restart();
+    let answering = Instant::now();
+    // Delivery resumes within 2 s of Redis answering.
+    let mut delivered = false;
+    while answering.elapsed() < Duration::from_secs(2) {
+        r.publish("notifications:carol", r#"{"n":"after"}"#);
+        if let Ok(Some(Ok(Message::Text(t)))) = timeout(Duration::from_millis(50), c.next()).await {
+            assert!(t.contains("after"));
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "no delivery within 2 s of Redis answering again");
+    assert!(gw.metric("redis_reconnects_total").await >= 1.0);
+    assert!(
+        gw.metric(r#"redis_errors_total{error_type="connection"}"#)
+            .await
+            >= 1.0
+    );
+    assert_eq!(gw.get("/readyz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_without_redis_and_subscribes_when_it_appears() {
+    let port = common::redis::free_port();
+    let args = vec![
+        "--redis-host".to_string(),
+        "127.0.0.1".into(),
+        "--redis-port".into(),
+        port.to_string(),
+    ];
+    let gw = start_with("io-uring", &args);
+    assert_eq!(gw.get("/healthz").await.0, 200);
+    assert_eq!(gw.get("/readyz").await.0, 503);
+    let mut c = gw.connect("erin").await;
+    let r = RedisProc::start_on(port, &[]);
+    wait_ready(&gw).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        r.publish("notifications:erin", r#"{"hi":1}"#);
+        if let Ok(Some(Ok(Message::Text(_)))) = timeout(Duration::from_millis(50), c.next()).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no delivery after Redis appeared"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_a_sentinel_failover() {
+    let mut master = RedisProc::start();
+    let replica = RedisProc::start_on(
+        common::redis::free_port(),
+        &["--replicaof", "127.0.0.1", &master.port.to_string()],
+    );
+    let sentinel = RedisProc::sentinel(master.port);
+    let args = vec![
+        "--redis-sentinels".to_string(),
+        format!("127.0.0.1:{}", sentinel.port),
+        "--redis-master-name".into(),
+        "mymaster".into(),
+    ];
+    let gw = start_with("io-uring", &args);
+    wait_ready(&gw).await;
+    let mut c = gw.connect("frank").await;
+    master.publish("notifications:frank", r#"{"n":1}"#);
+    assert_eq!(next_json(&mut c).await["n"], 1);
+
+    master.kill9();
+    // Wait for the sentinel to promote the replica.
+    let mut sent = sentinel.conn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let addr: Option<(String, String)> = ::redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("mymaster")
+            .query(&mut sent)
+            .unwrap();
+        if addr.is_some_and(|(_, p)| p == replica.port.to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sentinel did not fail over");
+        sleep(Duration::from_millis(100)).await;
+    }
+    // Delivery resumes through the new master.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        replica.publish("notifications:frank", r#"{"n":2}"#);
+        if let Ok(Some(Ok(Message::Text(t)))) = timeout(Duration::from_millis(100), c.next()).await
+        {
+            assert!(t.contains("\"n\":2"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivery after the failover");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_is_shed_and_counted_while_the_gateway_stays_responsive() {
+    let r = RedisProc::start();
+    let mut args = redis_args(&r, "pattern");
+    args.extend(
+        [
+            "--shard-queue-capacity",
+            "16",
+            "--max-connections-per-user",
+            "64",
+            "--outbox-max-messages",
+            "100000",
+            "--outbox-max-bytes",
+            "100000000",
+        ]
+        .map(String::from),
+    );
+    let gw = start_with("io-uring", &args);
+    wait_ready(&gw).await;
+    // Twenty readers of one hot user: every delivery costs the shard twenty writes, so a
+    // pipelined flood outruns it and its 16-slot queue fills.
+    let received: Vec<Arc<AtomicU64>> = (0..20).map(|_| Arc::default()).collect();
+    for count in &received {
+        let mut c = gw.connect("hot").await;
+        let count = count.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = c.next().await {
+                if m.is_text() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    const FLOOD: u64 = 20_000;
+    let url = r.url();
+    tokio::task::spawn_blocking(move || {
+        let mut con = ::redis::Client::open(url)
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let mut pipe = ::redis::pipe();
+        for i in 0..FLOOD {
+            pipe.cmd("PUBLISH")
+                .arg("notifications:hot")
+                .arg(format!(r#"{{"type":"t","timestamp":1,"i":{i}}}"#))
+                .ignore();
+        }
+        pipe.query::<()>(&mut con).unwrap();
+    })
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "all published messages consumed",
+        || async { gw.metric("redis_events_consumed_total").await == FLOOD as f64 },
+    )
+    .await;
+    let dropped = gw
+        .metric(r#"notifications_dropped_total{reason="queue_full"}"#)
+        .await as u64;
+    assert!(
+        dropped > 0,
+        "the flood should have filled the 16-slot queue"
+    );
+    // Exact accounting: every client got every notification that was not dropped.
+    eventually(
+        Duration::from_secs(30),
+        "clients received the rest",
+        || async {
+            received
+                .iter()
+                .all(|c| c.load(Ordering::Relaxed) == FLOOD - dropped)
+        },
+    )
+    .await;
+    // Never disconnected by Redis for lagging, and still serving.
+    assert_eq!(gw.metric("redis_reconnects_total").await, 0.0);
+    assert_eq!(gw.get("/healthz").await.0, 200);
+    let mut fresh = gw.connect("after-flood").await;
+    r.publish("notifications:after-flood", r#"{"ok":1}"#);
+    assert_eq!(next_json(&mut fresh).await["ok"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_api_goes_through_redis_when_configured() {
+    let r = RedisProc::start();
+    let gw1 = start_with("io-uring", &redis_args(&r, "pattern"));
+    let gw2 = start_with("epoll", &redis_args(&r, "pattern"));
+    wait_ready(&gw1).await;
+    wait_ready(&gw2).await;
+    // The user is on gw2; the publish goes to gw1's API.
+    let mut g = gw2.connect("grace").await;
+    let (status, body) = gw1
+        .publish(r#"{"user_id":"grace","payload":{"x":1}}"#, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Two gateway instances are subscribed to the pattern.
+    assert_eq!(body, r#"{"recipients":2}"#);
+    assert_eq!(next_json(&mut g).await["x"], 1);
+}
