@@ -4,7 +4,12 @@
 use std::{
     io,
     net::{SocketAddr, TcpListener as StdListener},
-    sync::{Arc, atomic::AtomicBool, mpsc},
+    os::fd::{AsRawFd, RawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread,
     time::Duration,
 };
@@ -35,6 +40,7 @@ use crate::{
     shard::{
         self, Driver, Limits, ShardSetup, Shared,
         inbox::{Doorbell, Inbox},
+        sys::{self, Shutdown},
     },
     ws::frame,
 };
@@ -105,10 +111,36 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
     /// Shard threads.
     threads: Vec<thread::JoinHandle<()>>,
+    /// The shards' listening sockets, shut down to wake their pending accepts on drain.
+    listener_fds: Vec<RawFd>,
+    /// Each shard's doorbell, rung to make it notice the drain.
+    doorbells: Vec<Arc<Doorbell>>,
 }
 
 impl Gateway {
-    /// Blocks until the shard threads exit.
+    /// Starts the graceful drain: `/readyz` fails at once, the listeners stop accepting, and
+    /// each shard closes its connections with 1001 spread over `DRAIN_SECONDS`, then stops.
+    /// Idempotent.
+    pub fn begin_drain(&self) {
+        if self.shared.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!(
+            connections = self.shared.connections(),
+            period_ms = self.shared.drain_period.as_millis() as u64,
+            "draining: closing connections with 1001"
+        );
+        for fd in &self.listener_fds {
+            // Wakes the shard's pending accept with an error; the accept loop then sees the
+            // drain flag, exits and drops (closes) the listener.
+            sys::shutdown(*fd, Shutdown::Both);
+        }
+        for bell in &self.doorbells {
+            bell.ring();
+        }
+    }
+
+    /// Blocks until the shard threads exit (after a drain).
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
@@ -201,6 +233,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     let ws_addr = ws_listeners[0]
         .local_addr()
         .expect("bound socket has an address");
+    let listener_fds = ws_listeners.iter().map(|l| l.as_raw_fd()).collect();
     let control_addr = SocketAddr::new(cfg.metrics_bind_host, cfg.metrics_port);
     let control = bind(control_addr, false, 1024).map_err(|source| StartError::Bind {
         what: "control port (METRICS_PORT)",
@@ -210,8 +243,15 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     let control_addr = control.local_addr().expect("bound socket has an address");
 
     let metrics = Metrics::new(shards, driver.as_str());
-    let shared = Arc::new(Shared::new(auth, max_connections, shards, metrics.clone()));
+    let shared = Arc::new(Shared::new(
+        auth,
+        max_connections,
+        shards,
+        metrics.clone(),
+        cfg.drain_period,
+    ));
     let doorbells: Vec<Arc<Doorbell>> = (0..shards).map(|_| Arc::default()).collect();
+    let shard_doorbells = doorbells.clone();
 
     // Delivery rings: dispatcher -> each shard.
     let (delivery_tx, delivery_rx): (Vec<_>, Vec<_>) = (0..shards)
@@ -341,7 +381,6 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
             }
         }
     };
-    let draining = Arc::new(AtomicBool::new(false));
     server::spawn(
         control,
         State {
@@ -350,7 +389,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
             api_key: cfg.publish_api_key.clone(),
             max_publish_bytes: cfg.max_publish_bytes,
             max_payload_bytes: cfg.max_publish_bytes,
-            draining,
+            draining: shared.draining.clone(),
         },
     )
     .map_err(|e| StartError::Thread {
@@ -366,6 +405,8 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
         metrics,
         shared,
         threads,
+        listener_fds,
+        doorbells: shard_doorbells,
     })
 }
 

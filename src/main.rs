@@ -1,7 +1,7 @@
 //! `chat4all-gateway`: reads and validates the configuration, then starts the gateway. Only
 //! wiring lives here; see the library for the parts.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::mpsc, thread};
 
 use chat4all_gateway::{
     config::{Config, EXIT_CONFIG},
@@ -39,6 +39,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    // Signals are caught before anything binds: the first starts the drain, a second exits at
+    // once (an operator who asks twice means it).
+    let first_signal = match watch_signals() {
+        Ok(rx) => rx,
+        Err(err) => {
+            eprintln!("chat4all-gateway: cannot install signal handlers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let gw = match gateway::start(&cfg, auth) {
         Ok(gw) => gw,
         Err(err) => {
@@ -62,6 +71,36 @@ fn main() -> ExitCode {
             chat4all_gateway::dev::banner(secret, gw.ws_addr, gw.control_addr, &cfg)
         );
     }
+    let _ = first_signal.recv();
+    gw.begin_drain();
     gw.join();
+    tracing::info!("drained; exiting");
     ExitCode::SUCCESS
+}
+
+/// Watches SIGTERM and SIGINT on a thread: the first is reported on the returned channel, a
+/// second exits the process immediately.
+fn watch_signals() -> std::io::Result<mpsc::Receiver<i32>> {
+    use signal_hook::{
+        consts::{SIGINT, SIGTERM},
+        iterator::Signals,
+    };
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    tracing::info!(signal, "shutdown requested; a second signal exits at once");
+                    let _ = tx.send(signal);
+                } else {
+                    eprintln!("chat4all-gateway: second signal; exiting without draining");
+                    std::process::exit(1);
+                }
+            }
+        })?;
+    Ok(rx)
 }

@@ -116,8 +116,6 @@ fn dev_mode_starts_and_prints_a_working_url_and_publish_command() {
             }
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
     let url = url.expect("a ws:// URL is printed");
     assert!(url.contains("/notifications?token="), "{url}");
     let curl = curl.expect("a curl command is printed");
@@ -125,4 +123,163 @@ fn dev_mode_starts_and_prints_a_working_url_and_publish_command() {
         curl.contains("/v1/publish") && curl.contains("\"user_id\":\"demo\""),
         "{curl}"
     );
+    // Use them as a person would: connect with the URL, publish with the curl command.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let delivered = rt.block_on(async {
+        use futures_util::StreamExt;
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let hello = ws.next().await.unwrap().unwrap().into_text().unwrap();
+        assert!(hello.contains(r#""userId":"demo""#), "{hello}");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{curl} -s"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            r#"{"recipients":1}"#,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(delivered.contains(r#""text":"hello""#), "{delivered}");
+}
+
+/// Starts the binary on ephemeral ports and returns it with its WebSocket and control ports
+/// (read from the startup log).
+fn spawn_gateway(drain: &str) -> (std::process::Child, u16, u16) {
+    let mut child = gateway()
+        .env("JWT_SECRET", SECRET)
+        .env("DRAIN_SECONDS", drain)
+        .env("RUST_LOG", "info")
+        .env("LOG_FORMAT", "json")
+        .args(["--websocket-port", "0", "--metrics-port", "0"])
+        .args([
+            "--bind-host",
+            "127.0.0.1",
+            "--metrics-bind-host",
+            "127.0.0.1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        if !line.contains("gateway listening") {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let port = |k: &str| {
+            v["fields"][k]
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        return (child, port("websocket"), port("control"));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the gateway did not report its ports");
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: plain kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn token(user: &str) -> String {
+    chat4all_gateway::ingress::auth::issue_hs256(SECRET.as_bytes(), user, 3600)
+}
+
+#[test]
+fn sigterm_drains_with_1001_and_exits_zero() {
+    use futures_util::StreamExt;
+    let (mut child, ws_port, _) = spawn_gateway("1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let code = rt.block_on(async {
+        let url = format!(
+            "ws://127.0.0.1:{ws_port}/notifications?token={}",
+            token("sig")
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws.next().await.unwrap().unwrap(); // connected
+        signal(&child, libc::SIGTERM);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))))) => {
+                    break u16::from(f.code);
+                }
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    });
+    assert_eq!(code, 1001);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn second_signal_exits_at_once() {
+    use futures_util::StreamExt;
+    let (mut child, ws_port, _) = spawn_gateway("30");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _ws = rt.block_on(async {
+        let url = format!(
+            "ws://127.0.0.1:{ws_port}/notifications?token={}",
+            token("sig2")
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+        ws
+    });
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still draining after one signal"
+    );
+    signal(&child, libc::SIGTERM);
+    // Exits long before its 30 s drain would end.
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(3)), Some(1));
 }

@@ -23,6 +23,8 @@ pub async fn run(shard: Rc<Shard>, listener: TcpListener) {
                 backoff = MIN_BACKOFF;
                 monoio::spawn(upgrade::serve(shard.clone(), stream));
             }
+            // The drain shut the listener down to wake this accept.
+            Err(_) if shard.draining() => break,
             Err(err) if is_resource_exhaustion(&err) => {
                 shard.stats.inc_accept_error(AcceptError::Emfile);
                 tracing::warn!(shard = shard.id, error = %err, pause_ms = backoff.as_millis() as u64,

@@ -46,15 +46,17 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    fn has_work(&self) -> bool {
-        !self.deliveries.is_empty() || self.handoffs.iter().any(|c| !c.is_empty())
+    fn has_work(&self, shard: &Shard) -> bool {
+        !self.deliveries.is_empty()
+            || self.handoffs.iter().any(|c| !c.is_empty())
+            || shard.draining()
     }
 
     /// Parks until a producer rings (re-checking after registering, so no push is missed).
-    async fn wait(&self) {
+    async fn wait(&self, shard: &Shard) {
         poll_fn(|cx| {
             self.doorbell.waker.register(cx.waker());
-            if self.has_work() {
+            if self.has_work(shard) {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -64,9 +66,14 @@ impl Inbox {
     }
 }
 
-/// Serves the inbox forever.
+/// Serves the inbox until the shard has drained.
 pub async fn run(shard: Rc<Shard>, mut inbox: Inbox) {
-    loop {
+    let mut drain_started = false;
+    while !shard.finished.get() {
+        if shard.draining() && !drain_started {
+            drain_started = true;
+            monoio::spawn(super::drain::run(shard.clone(), shard.shared.drain_period));
+        }
         let mut handled = 0;
         // Hand-offs first: a connection must be registered before the notifications behind it.
         for ring in &mut inbox.handoffs {
@@ -84,7 +91,12 @@ pub async fn run(shard: Rc<Shard>, mut inbox: Inbox) {
             handled += 1;
         }
         if handled == 0 {
-            inbox.wait().await;
+            if drain_started {
+                // Draining: poll the queues while the drain task works (it sets `finished`).
+                monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+            } else {
+                inbox.wait(&shard).await;
+            }
         } else if handled >= BATCH {
             yield_now().await;
         }

@@ -6,6 +6,7 @@
 //! shards, each over a lock-free single-producer queue, plus a waker to get its attention.
 
 pub mod conn;
+pub mod drain;
 pub mod inbox;
 pub mod reader;
 pub mod registry;
@@ -88,8 +89,10 @@ pub struct Shared {
     pub max_connections: usize,
     /// Number of shards; the routing modulus.
     pub shard_count: usize,
-    /// Set once on shutdown: stop accepting.
-    pub draining: AtomicBool,
+    /// Set once on shutdown: stop accepting, close connections (also fails `/readyz`).
+    pub draining: Arc<AtomicBool>,
+    /// How long the drain spreads its closes over.
+    pub drain_period: Duration,
     /// Metrics registry (per-shard stats live inside).
     pub metrics: Arc<Metrics>,
 }
@@ -101,13 +104,15 @@ impl Shared {
         max_connections: usize,
         shard_count: usize,
         metrics: Arc<Metrics>,
+        drain_period: Duration,
     ) -> Self {
         Self {
             auth,
             connections: AtomicUsize::new(0),
             max_connections,
             shard_count,
-            draining: AtomicBool::new(false),
+            draining: Arc::new(AtomicBool::new(false)),
+            drain_period,
             metrics,
         }
     }
@@ -153,6 +158,8 @@ pub struct Shard {
     pub membership: Option<std::sync::mpsc::Sender<membership::Event>>,
     /// Origin of [`Self::now_ms`].
     epoch: Instant,
+    /// Set by the drain when the shard has nothing left to do; its thread then ends.
+    pub finished: std::cell::Cell<bool>,
 }
 
 impl Shard {
@@ -245,6 +252,7 @@ async fn main(setup: ShardSetup) -> io::Result<()> {
         outlets: RefCell::new(setup.outlets),
         membership: setup.membership,
         epoch: Instant::now(),
+        finished: std::cell::Cell::new(false),
     });
     monoio::spawn(accept::run(shard.clone(), listener));
     monoio::spawn(sweep::run(shard.clone()));

@@ -36,8 +36,16 @@ pub struct TestGateway {
     pub control: SocketAddr,
 }
 
-/// Starts a gateway with two shards on `driver` ("io-uring" or "epoll") plus extra flags.
+/// Starts a gateway with two shards on `driver` ("io-uring" or "epoll") plus extra flags. It
+/// runs until the test process exits.
 pub fn start(driver: &str, extra: &[&str]) -> TestGateway {
+    let (test, gw) = start_owned(driver, extra);
+    std::mem::forget(gw);
+    test
+}
+
+/// Like [`start`], but hands back the gateway so the test can drain it.
+pub fn start_owned(driver: &str, extra: &[&str]) -> (TestGateway, gateway::Gateway) {
     let mut args = vec![
         "chat4all-gateway",
         "--websocket-port",
@@ -63,9 +71,7 @@ pub fn start(driver: &str, extra: &[&str]) -> TestGateway {
     let auth = gateway::authenticator(&cfg, None).expect("authenticator");
     let gw = gateway::start(&cfg, auth).expect("gateway starts");
     let (ws, control) = (gw.ws_addr, gw.control_addr);
-    // The gateway runs until the test process exits.
-    std::mem::forget(gw);
-    TestGateway { ws, control }
+    (TestGateway { ws, control }, gw)
 }
 
 /// A valid token for `user`.
