@@ -246,6 +246,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     let shared = Arc::new(Shared::new(
         auth,
         max_connections,
+        cfg.fd_reserve,
         shards,
         metrics.clone(),
         cfg.drain_period,

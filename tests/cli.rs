@@ -283,3 +283,109 @@ fn second_signal_exits_at_once() {
     // Exits long before its 30 s drain would end.
     assert_eq!(wait_exit(&mut child, Duration::from_secs(3)), Some(1));
 }
+
+#[test]
+fn at_the_descriptor_limit_the_control_port_keeps_working_and_the_gateway_recovers() {
+    use std::{io::Read, net::TcpStream};
+    // 128 descriptors: MAX_CONNECTIONS becomes 128 - FD_RESERVE(32) - 2 shards x 8 = 80.
+    let mut child = spawn_with_nofile(
+        128,
+        &[
+            ("JWT_SECRET", SECRET),
+            ("FD_RESERVE", "32"),
+            ("SHARDS", "2"),
+            ("HANDSHAKE_TIMEOUT", "2s"),
+            ("RUST_LOG", "info"),
+            ("LOG_FORMAT", "json"),
+        ],
+    );
+    let stderr = child.stderr.take().unwrap();
+    let mut ports = None;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if line.contains("gateway listening") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let port = |k: &str| -> u16 {
+                let addr = v["fields"][k].as_str().unwrap();
+                addr.rsplit(':').next().unwrap().parse().unwrap()
+            };
+            assert_eq!(v["fields"]["max_connections"], 80);
+            ports = Some((port("websocket"), port("control")));
+            break;
+        }
+    }
+    let (ws, control) = ports.expect("gateway started");
+    // 300 connections that never send a request: far more than descriptors allow.
+    let flood: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", ws)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The internal port still answers: the reserve was never touched.
+    let metrics = http_get(control, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("websocket_connection_errors_total{error_type=\"over_capacity\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert!(
+        refused >= 200.0,
+        "the excess was refused with 503: {refused}"
+    );
+    // Some of the excess got their 503 response.
+    let got_503 = flood.iter().take(300).skip(100).any(|s| {
+        let mut s = s;
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut buf = [0u8; 32];
+        matches!(s.read(&mut buf), Ok(n) if n > 12 && buf.starts_with(b"HTTP/1.1 503"))
+    });
+    assert!(got_503, "refused sockets should read a 503 response");
+    drop(flood);
+    // After the stalled handshakes time out, real clients get in again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let url = format!("ws://127.0.0.1:{ws}/notifications?token={}", token("back"));
+    let ok = tungstenite_connect(&url);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "the gateway must recover once descriptors free up");
+}
+
+/// A plain HTTP GET returning the whole response.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn tungstenite_connect(url: &str) -> bool {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { tokio_tungstenite::connect_async(url).await.is_ok() })
+}
+
+/// Starts the gateway on ephemeral loopback ports through `sh -c 'ulimit -n N; exec ...'`, so
+/// it runs with a low open-files limit, with only `env` (and PATH) in its environment.
+fn spawn_with_nofile(nofile: u32, env: &[(&str, &str)]) -> std::process::Child {
+    let mut sh = Command::new("sh");
+    sh.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        sh.env(k, v);
+    }
+    sh.arg("-c")
+        .arg(format!(
+            "ulimit -n {nofile} && exec {BIN} --websocket-port 0 --metrics-port 0 \
+             --bind-host 127.0.0.1 --metrics-bind-host 127.0.0.1"
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}

@@ -20,6 +20,7 @@ under_both_drivers!(
     preserves_per_user_order,
     refuses_bad_upgrades_with_precise_statuses,
     refuses_over_capacity_with_503,
+    sockets_mid_handshake_count_against_the_cap,
     answers_json_ping_and_websocket_ping,
     unsupported_client_messages_get_an_error_and_stay_open,
     closes_1002_on_unmasked_frame,
@@ -208,6 +209,26 @@ async fn refuses_over_capacity_with_503(driver: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok, "a freed slot must admit a new connection");
+}
+
+async fn sockets_mid_handshake_count_against_the_cap(driver: &str) {
+    let gw = start(
+        driver,
+        &["--max-connections", "3", "--handshake-timeout", "500ms"],
+    );
+    // Three sockets that never send a request hold every slot...
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(gw.ws).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so a real client is refused at once, and the control port still answers.
+    assert_eq!(gw.refused_status(&gw.url("real")).await, 503);
+    assert_eq!(gw.get("/healthz").await.0, 200);
+    // Once the stalled handshakes time out, the slots return.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let _ok = gw.connect("real").await;
+    drop(idle);
 }
 
 async fn answers_json_ping_and_websocket_ping(driver: &str) {

@@ -42,6 +42,30 @@ enum Request {
 
 /// Serves one accepted socket until it is upgraded (here or on its owner shard) or refused.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let slot = if shard.draining() {
+        None
+    } else {
+        shard.shared.try_reserve()
+    };
+    let Some(slot) = slot else {
+        shard.stats.inc_error(ErrorType::OverCapacity);
+        let message = "the gateway is at capacity or shutting down; retry with backoff";
+        // This socket holds no slot, so its linger comes from a small budget of its own.
+        let linger = shard.shared.try_linger();
+        refuse_with(
+            &shard,
+            stream,
+            Status::ServiceUnavailable,
+            "over_capacity",
+            message,
+            linger,
+        )
+        .await;
+        if linger {
+            shard.shared.end_linger();
+        }
+        return;
+    };
     let request = match monoio::time::timeout(
         shard.limits.handshake_timeout,
         read_request(&shard, &stream),
@@ -89,25 +113,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             .await;
         }
     };
-    if shard.draining() || !shard.shared.try_reserve_connection() {
-        shard.stats.inc_error(ErrorType::OverCapacity);
-        let message = "the gateway is at capacity; retry with backoff";
-        return refuse(
-            &shard,
-            stream,
-            Status::ServiceUnavailable,
-            "over_capacity",
-            message,
-        )
-        .await;
-    }
     let owner = route::owner_shard(&user, shard.shared.shard_count);
     if owner == shard.id {
+        slot.keep();
         establish(&shard, stream, user.into(), &accept_key, leftover);
         return;
     }
     if !shard.outlets.borrow().has_room(owner) {
-        shard.shared.release_connection();
+        drop(slot);
         shard.stats.inc_error(ErrorType::OverCapacity);
         let message = "the gateway is overloaded; retry with backoff";
         return refuse(
@@ -130,10 +143,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     };
     if shard.outlets.borrow_mut().send(owner, handoff).is_err() {
         // Unreachable in practice (room was checked and this shard is the ring's only
-        // producer); the dropped hand-off closes the socket.
-        shard.shared.release_connection();
+        // producer); the dropped hand-off closes the socket and `slot` is given back.
         shard.stats.inc_error(ErrorType::InternalError);
+        return;
     }
+    // The slot travels with the connection to its owner shard.
+    slot.keep();
 }
 
 /// Takes over a connection handed over by another shard.
@@ -240,6 +255,18 @@ async fn read_request(shard: &Shard, stream: &TcpStream) -> io::Result<Request> 
 /// client given a moment to read it before the socket is dropped (closing with unread input
 /// would reset the connection and could destroy the response).
 async fn refuse(shard: &Shard, stream: TcpStream, status: Status, label: &str, message: &str) {
+    refuse_with(shard, stream, status, label, message, true).await;
+}
+
+/// [`refuse`], lingering only when `linger` (else closing right after the response).
+async fn refuse_with(
+    shard: &Shard,
+    stream: TcpStream,
+    status: Status,
+    label: &str,
+    message: &str,
+    linger: bool,
+) {
     shard.stats.inc_handshake(HandshakeOutcome::Refused);
     let mut response = Vec::with_capacity(256);
     handshake::write_refusal(status, label, message, &mut response);
@@ -248,6 +275,9 @@ async fn refuse(shard: &Shard, stream: TcpStream, status: Status, label: &str, m
         return;
     }
     sys::shutdown(fd, Shutdown::Write);
+    if !linger {
+        return;
+    }
     let _ = monoio::time::timeout(REFUSAL_LINGER, async {
         let mut sink = [0u8; 512];
         loop {

@@ -83,8 +83,12 @@ pub struct Limits {
 pub struct Shared {
     /// Verifies client tokens.
     pub auth: Authenticator,
-    /// Connections established or being handed over, across all shards.
+    /// Sockets established or mid-handshake, across all shards.
     connections: AtomicUsize,
+    /// Over-capacity refusals currently lingering (each holds a descriptor briefly).
+    lingering: AtomicUsize,
+    /// At most this many over-capacity refusals linger at once; beyond it they close at once.
+    max_lingering: usize,
     /// Refuse upgrades (503) beyond this many connections.
     pub max_connections: usize,
     /// Number of shards; the routing modulus.
@@ -102,6 +106,7 @@ impl Shared {
     pub fn new(
         auth: Authenticator,
         max_connections: usize,
+        fd_reserve: usize,
         shard_count: usize,
         metrics: Arc<Metrics>,
         drain_period: Duration,
@@ -109,6 +114,8 @@ impl Shared {
         Self {
             auth,
             connections: AtomicUsize::new(0),
+            lingering: AtomicUsize::new(0),
+            max_lingering: (fd_reserve / 4).max(4),
             max_connections,
             shard_count,
             draining: Arc::new(AtomicBool::new(false)),
@@ -117,17 +124,38 @@ impl Shared {
         }
     }
 
-    /// Reserves a connection slot; `false` when the process is at `max_connections`.
-    pub fn try_reserve_connection(&self) -> bool {
+    /// Reserves a connection slot for a socket just accepted; `None` when the process holds
+    /// `max_connections` sockets (established or mid-handshake). Reserving at accept time, not
+    /// after authentication, is what keeps the descriptor reserve out of reach of a flood of
+    /// connections that never finish their handshake.
+    pub fn try_reserve(&self) -> Option<Slot<'_>> {
         let prev = self.connections.fetch_add(1, Ordering::AcqRel);
         if prev >= self.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot {
+            shared: self,
+            kept: false,
+        })
+    }
+
+    /// Takes one of the few descriptors over-capacity refusals may hold while the client reads
+    /// the 503; `false` means close at once instead.
+    pub fn try_linger(&self) -> bool {
+        if self.lingering.fetch_add(1, Ordering::AcqRel) >= self.max_lingering {
+            self.lingering.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
         true
     }
 
-    /// Returns a slot taken by [`Self::try_reserve_connection`].
+    /// Ends a linger started with [`Self::try_linger`].
+    pub fn end_linger(&self) {
+        self.lingering.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Returns the slot of a connection that has ended (one whose [`Slot`] was kept).
     pub fn release_connection(&self) {
         self.connections.fetch_sub(1, Ordering::AcqRel);
     }
@@ -135,6 +163,28 @@ impl Shared {
     /// Connections currently counted against the cap.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+}
+
+/// A reserved connection slot: given back when dropped, unless the connection was established
+/// (then the connection's reader gives it back when it ends).
+pub struct Slot<'a> {
+    shared: &'a Shared,
+    kept: bool,
+}
+
+impl Slot<'_> {
+    /// The connection now owns the slot.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.shared.release_connection();
+        }
     }
 }
 
