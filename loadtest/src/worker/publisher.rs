@@ -1,0 +1,242 @@
+//! The worker's Redis publisher: one pipelined connection, written in batches (one `write` per
+//! batch, one clock read per batch for the payloads' `sent_us`), replies counted by a reader task.
+//!
+//! A phase publishes either open loop (a fixed rate on an absolute schedule; the lag behind it is
+//! reported) or closed loop (`rate == 0`: keep at most `window` expected deliveries in flight,
+//! topping the window up whenever deliveries bring it below half). Each worker publishes only to
+//! its own users, so it knows exactly what it expects back.
+
+use std::{
+    io,
+    net::SocketAddr,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, tcp::OwnedReadHalf},
+    time::{sleep, sleep_until, timeout},
+};
+
+use super::state::{Worker, now_us};
+use crate::{
+    proto::{PhaseSpec, Pick},
+    stats::pacer::Pacer,
+    wire::{message, resp},
+};
+
+/// How long a closed-loop window may stay full with no delivery before it is written off.
+const STALL: Duration = Duration::from_millis(500);
+
+/// Connects the worker's publisher to Redis.
+pub async fn connect(w: &Rc<Worker>, addr: SocketAddr) -> io::Result<()> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let (r, wr) = s.into_split();
+    tokio::task::spawn_local(read_replies(w.clone(), r));
+    *w.redis.borrow_mut() = Some(wr);
+    Ok(())
+}
+
+async fn read_replies(w: Rc<Worker>, mut r: OwnedReadHalf) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            len = 0; // a reply line longer than the buffer: not ours to parse
+        }
+        match r.read(&mut buf[len..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => len += n,
+        }
+        let (replies, used) = resp::scan_replies(&buf[..len]);
+        w.redis_errors.set(w.redis_errors.get() + replies.errors);
+        buf.copy_within(used..len, 0);
+        len -= used;
+    }
+}
+
+/// Chooses users for a phase.
+struct Picker<'a> {
+    targets: &'a [usize],
+    pick: Pick,
+    next: usize,
+}
+
+impl Picker<'_> {
+    fn next(&mut self, w: &Worker) -> usize {
+        match self.pick {
+            Pick::Random => self.targets[w.rand_below(self.targets.len())],
+            Pick::RoundRobin => {
+                let u = self.targets[self.next % self.targets.len()];
+                self.next += 1;
+                u
+            }
+        }
+    }
+}
+
+/// Appends `count` notifications to `buf`, each to a user from `picker`, stamped `now`; returns
+/// the expected deliveries they add. With `min_expected`, stops early once that many are added.
+fn fill(
+    w: &Worker,
+    picker: &mut Picker<'_>,
+    count: u64,
+    min_expected: Option<u64>,
+    buf: &mut Vec<u8>,
+    payload: &mut Vec<u8>,
+    pad: &str,
+) -> (u64, u64) {
+    let now = now_us();
+    let mut users = w.users.borrow_mut();
+    let (mut sent, mut expected) = (0, 0);
+    while sent < count && min_expected.is_none_or(|m| expected < m) {
+        let u = picker.next(w);
+        let user = &mut users[u];
+        payload.clear();
+        message::write_payload(payload, user.next_seq, now, pad);
+        user.next_seq += 1;
+        resp::write_publish(buf, &user.channel, payload);
+        expected += u64::from(user.open);
+        sent += 1;
+    }
+    (sent, expected)
+}
+
+/// Outcome of the publishing part of a phase.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub publish_end_us: u64,
+    pub max_lag_us: u64,
+    pub window_stalls: u64,
+}
+
+/// Publishes for `spec.duration_ms` to `targets`, then waits up to `spec.drain_ms` for stragglers.
+pub async fn run(w: &Rc<Worker>, spec: &PhaseSpec, targets: &[usize]) -> io::Result<Published> {
+    let mut out = Published::default();
+    let duration = Duration::from_millis(spec.duration_ms);
+    let start = Instant::now();
+    let taken = w.redis.borrow_mut().take();
+    let Some(mut redis) = taken else {
+        return Err(io::Error::other("no Redis connection"));
+    };
+    let pad = "x".repeat(w.plan.payload_bytes);
+    let mut picker = Picker {
+        targets,
+        pick: spec.pick,
+        next: 0,
+    };
+    let (mut buf, mut payload) = (Vec::with_capacity(1 << 16), Vec::with_capacity(256));
+    let result: io::Result<()> = async {
+        if targets.is_empty() {
+            sleep(duration).await;
+            return Ok(());
+        }
+        if spec.rate > 0.0 {
+            // Open loop: batches of up to 10 ms of traffic.
+            let mut pacer = Pacer::new(spec.rate, (spec.rate / 100.0).max(64.0) as u64);
+            let end_us = duration.as_micros() as u64;
+            loop {
+                let el = start.elapsed().as_micros() as u64;
+                if el >= end_us {
+                    break;
+                }
+                let n = pacer.due(el);
+                if n > 0 {
+                    buf.clear();
+                    let (sent, expected) =
+                        fill(w, &mut picker, n, None, &mut buf, &mut payload, &pad);
+                    {
+                        let mut ph = w.phase.borrow_mut();
+                        ph.expected += expected;
+                        ph.publish_commands += sent;
+                    }
+                    redis.write_all(&buf).await?;
+                    pacer.issue(n);
+                    out.max_lag_us = out.max_lag_us.max(pacer.lag_us(el));
+                }
+                let next = pacer.next_due_us().min(end_us);
+                sleep_until((start + Duration::from_micros(next)).into()).await;
+            }
+        } else {
+            // Closed loop.
+            let window = spec.window.max(1);
+            w.window_low.set(window / 2);
+            while start.elapsed() < duration {
+                let (in_flight, delivered) = {
+                    let ph = w.phase.borrow();
+                    (ph.in_flight(), ph.delivered)
+                };
+                if in_flight <= window / 2 {
+                    buf.clear();
+                    let room = window - in_flight;
+                    let (sent, expected) = fill(
+                        w,
+                        &mut picker,
+                        room,
+                        Some(room),
+                        &mut buf,
+                        &mut payload,
+                        &pad,
+                    );
+                    {
+                        let mut ph = w.phase.borrow_mut();
+                        ph.expected += expected;
+                        ph.publish_commands += sent;
+                    }
+                    redis.write_all(&buf).await?;
+                    continue;
+                }
+                w.publisher_waiting.set(true);
+                let left = duration.saturating_sub(start.elapsed());
+                let woke = timeout(STALL.min(left), w.wake_publisher.notified())
+                    .await
+                    .is_ok();
+                w.publisher_waiting.set(false);
+                let mut ph = w.phase.borrow_mut();
+                if !woke && ph.delivered == delivered && start.elapsed() < duration {
+                    ph.forgiven += ph.in_flight();
+                    out.window_stalls += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    *w.redis.borrow_mut() = Some(redis);
+    result?;
+    out.publish_end_us = now_us();
+    let drain_end = Instant::now() + Duration::from_millis(spec.drain_ms);
+    while !w.phase.borrow().drained() && Instant::now() < drain_end {
+        sleep(Duration::from_millis(5)).await;
+    }
+    Ok(out)
+}
+
+/// Publishes one probe notification to each of `users` (outside any phase).
+pub async fn probe(w: &Rc<Worker>, users: &[usize]) -> io::Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let taken = w.redis.borrow_mut().take();
+    let Some(mut redis) = taken else {
+        return Ok(());
+    }; // a phase is publishing
+    let mut picker = Picker {
+        targets: users,
+        pick: Pick::RoundRobin,
+        next: 0,
+    };
+    let (mut buf, mut payload) = (Vec::new(), Vec::new());
+    let n = users.len() as u64;
+    fill(w, &mut picker, n, None, &mut buf, &mut payload, "");
+    let now = now_us();
+    for &u in users {
+        w.users.borrow_mut()[u].last_probe_us = now;
+    }
+    w.storm.borrow_mut().probes += n;
+    let res = redis.write_all(&buf).await;
+    *w.redis.borrow_mut() = Some(redis);
+    res
+}
