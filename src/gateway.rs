@@ -204,6 +204,7 @@ pub fn limits(cfg: &Config) -> Limits {
             path: cfg.ws_path.clone(),
             max_request_bytes: cfg.max_handshake_bytes,
         },
+        max_payload_bytes: cfg.max_publish_bytes,
     }
 }
 
@@ -364,7 +365,6 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
                 target: target.clone(),
                 prefix: cfg.redis_channel_prefix.clone(),
                 mode: cfg.redis_subscription,
-                max_payload_bytes: cfg.max_publish_bytes,
                 dispatcher,
                 events: membership_rx,
                 grace: cfg.redis_unsubscribe_grace,

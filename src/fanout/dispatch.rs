@@ -129,7 +129,7 @@ mod tests {
     fn delivery(user: &str) -> Delivery {
         Delivery {
             user: user.into(),
-            frame: Bytes::from_static(b"x"),
+            body: crate::fanout::Body::Frame(Bytes::from_static(b"x")),
             received: Instant::now(),
             reply: None,
         }

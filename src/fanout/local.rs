@@ -10,7 +10,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Delivery, dispatch::Dispatcher};
+use super::{Body, Delivery, dispatch::Dispatcher};
 
 /// Publish commands buffered between the control plane and the dispatcher thread.
 const COMMAND_QUEUE: usize = 1024;
@@ -52,7 +52,7 @@ impl LocalBroker {
                         // with it, which the publisher sees as a dropped user.
                         let _ = dispatcher.dispatch(Delivery {
                             user: user.into_boxed_str(),
-                            frame: cmd.frame.clone(),
+                            body: Body::Frame(cmd.frame.clone()),
                             received,
                             reply: Some(reply),
                         });

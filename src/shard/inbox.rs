@@ -16,7 +16,12 @@ use atomic_waker::AtomicWaker;
 
 use super::{Shard, conn::SendOutcome};
 use crate::metrics::DropReason;
-use crate::{fanout::Delivery, ingress::handoff::Handoff, ingress::upgrade};
+use crate::{
+    clock,
+    fanout::{Body, Delivery, payload},
+    ingress::{handoff::Handoff, upgrade},
+    metrics::RedisError,
+};
 
 /// Deliveries handled before the inbox task yields to the connections' I/O tasks.
 const BATCH: usize = 256;
@@ -106,9 +111,34 @@ pub async fn run(shard: Rc<Shard>, mut inbox: Inbox) {
 /// Writes one notification to every connection of its user on this shard.
 fn deliver(shard: &Rc<Shard>, delivery: Delivery) {
     let mut recipients = 0u32;
-    for conn in shard.registry.borrow().user(&delivery.user) {
-        if conn.send(shard, delivery.frame.clone()) != SendOutcome::Rejected {
-            recipients += 1;
+    let registry = shard.registry.borrow();
+    let mut conns = registry.user(&delivery.user).peekable();
+    let frame = match delivery.body {
+        Body::Frame(frame) => Some(frame),
+        // From Redis: validate and normalise once, and only for a user that is here.
+        Body::Raw(_) if conns.peek().is_none() => None,
+        Body::Raw(raw) => {
+            match payload::normalize_to_frame(
+                &raw,
+                clock::unix_ms(),
+                shard.limits.max_payload_bytes,
+            ) {
+                Ok(frame) => Some(frame),
+                Err(err) => {
+                    tracing::debug!(shard = shard.id, error = %err, "dropping an invalid notification");
+                    let global = shard.shared.metrics.global();
+                    global.inc_redis_error(RedisError::MessageProcessing);
+                    shard.stats.inc_drop(DropReason::InvalidPayload, 1);
+                    return;
+                }
+            }
+        }
+    };
+    if let Some(frame) = frame {
+        for conn in conns {
+            if conn.send(shard, frame.clone()) != SendOutcome::Rejected {
+                recipients += 1;
+            }
         }
     }
     if recipients > 0 {

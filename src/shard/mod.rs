@@ -77,6 +77,8 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Upgrade request parsing rules.
     pub handshake: HandshakeConfig,
+    /// Largest notification payload accepted from Redis (raw payloads are normalised here).
+    pub max_payload_bytes: usize,
 }
 
 /// State shared by all shards of the process (read-mostly, thread-safe).

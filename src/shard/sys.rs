@@ -83,6 +83,20 @@ pub fn shutdown(fd: RawFd, how: Shutdown) {
     }
 }
 
+/// Sets the calling thread's nice value (Linux: per thread). Negative values need
+/// `CAP_SYS_NICE`; the error is returned for the caller to log.
+pub fn raise_thread_priority(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority only reads its integer arguments.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Takes ownership of a raw descriptor handed over from another shard.
 ///
 /// # Safety

@@ -27,10 +27,11 @@ use super::{
     membership::{Event, Membership},
     target::Target,
 };
+use bytes::Bytes;
+
 use crate::{
-    clock,
     config::RedisSubscription,
-    fanout::{Delivery, dispatch::Dispatcher, payload},
+    fanout::{Body, Delivery, dispatch::Dispatcher},
     metrics::{DropReason, GlobalStats, RedisError as RedisErrorLabel},
 };
 
@@ -45,6 +46,8 @@ const PING_AFTER: Duration = Duration::from_secs(5);
 const SENTINEL_CHECK: Duration = Duration::from_secs(2);
 /// Connect and write timeout towards Redis.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Nice value asked for the subscriber thread (needs CAP_SYS_NICE; ignored without it).
+const SUBSCRIBER_NICE: i32 = -10;
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command.
 const BATCH: usize = 1000;
 /// Reconnect backoff bounds.
@@ -59,8 +62,6 @@ pub struct Subscriber {
     pub prefix: String,
     /// Pattern or per-user subscriptions.
     pub mode: RedisSubscription,
-    /// Largest payload accepted.
-    pub max_payload_bytes: usize,
     /// Producer of every shard ring.
     pub dispatcher: Dispatcher,
     /// Users joining/leaving this gateway (per-user mode).
@@ -82,6 +83,12 @@ impl Subscriber {
     }
 
     fn run(mut self) {
+        // Shards can shed load (bounded rings, counted drops); the subscriber cannot: if it
+        // falls behind, Redis disconnects it and far more is lost. Where permitted, let the
+        // scheduler favour it over the shards.
+        if let Err(err) = crate::shard::sys::raise_thread_priority(SUBSCRIBER_NICE) {
+            tracing::debug!(error = %err, "could not raise the subscriber's priority");
+        }
         let mut membership = Membership::new(self.grace);
         let mut backoff = BACKOFF_MIN;
         let mut logged_down = false;
@@ -216,7 +223,8 @@ impl Subscriber {
         }
     }
 
-    /// Validates, normalises and routes one message.
+    /// Routes one message to its user's shard. Deliberately minimal: validation and
+    /// normalisation happen on the owner shard (see [`Body::Raw`]).
     fn on_message(&mut self, channel: &str, payload: &[u8]) {
         self.stats
             .redis_events_consumed
@@ -230,21 +238,10 @@ impl Subscriber {
                 return;
             }
         };
-        let frame =
-            match payload::normalize_to_frame(payload, clock::unix_ms(), self.max_payload_bytes) {
-                Ok(frame) => frame,
-                Err(err) => {
-                    tracing::debug!(error = %err, "dropping an invalid notification");
-                    self.stats
-                        .inc_redis_error(RedisErrorLabel::MessageProcessing);
-                    self.stats.inc_drop(DropReason::InvalidPayload, 1);
-                    return;
-                }
-            };
         // A full ring is counted by the dispatcher; nothing more to do here.
         let _ = self.dispatcher.dispatch(Delivery {
             user: user.into(),
-            frame,
+            body: Body::Raw(Bytes::copy_from_slice(payload)),
             received: Instant::now(),
             reply: None,
         });
