@@ -43,7 +43,7 @@ use std::{
 
 use bytes::Bytes;
 use chat4all_gateway::{
-    fanout::{Delivery, dispatch::Dispatcher, route::owner_shard},
+    fanout::{Body, Delivery, dispatch::Dispatcher, route::owner_shard},
     metrics::GlobalStats,
     shard::inbox::Doorbell,
     ws::frame::encode_text,
@@ -85,7 +85,7 @@ impl Source {
     fn delivery(&self, i: u64) -> Delivery {
         Delivery {
             user: self.users[i as usize % USERS].as_str().into(),
-            frame: self.frame.clone(),
+            body: Body::Frame(self.frame.clone()),
             received: Instant::now(),
             reply: None,
         }
@@ -96,7 +96,7 @@ impl Source {
     fn bare(&self, _: u64) -> Delivery {
         Delivery {
             user: "".into(),
-            frame: Bytes::from_static(b"\x81\x00"),
+            body: Body::Frame(Bytes::from_static(b"\x81\x00")),
             received: self.epoch,
             reply: None,
         }
