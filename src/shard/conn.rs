@@ -182,14 +182,13 @@ impl Conn {
             ob.frames.truncate(keep);
             ob.bytes -= dropped;
             shard.stats.outbox_bytes.fetch_sub(dropped as i64, Relaxed);
-            if dropped_frames > 0 && code != CloseCode::TryAgain1013 {
-                shard
-                    .stats
-                    .inc_drop(DropReason::ShuttingDown, dropped_frames as u64);
-            } else if dropped_frames > 0 {
-                shard
-                    .stats
-                    .inc_drop(DropReason::SlowConsumer, dropped_frames as u64);
+            if dropped_frames > 0 {
+                let reason = if code == CloseCode::TryAgain1013 {
+                    DropReason::SlowConsumer
+                } else {
+                    DropReason::ShuttingDown
+                };
+                shard.stats.inc_drop(reason, dropped_frames as u64);
             }
             ob.fin_after_flush = true;
         }
