@@ -175,6 +175,17 @@ fn spawn_gateway(drain: &str) -> (std::process::Child, u16, u16) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let fields = listening_fields(&mut child);
+    (
+        child,
+        port_of(&fields, "websocket"),
+        port_of(&fields, "control"),
+    )
+}
+
+/// Waits (up to 10 s) for the JSON "gateway listening" line on the child's stderr and returns its
+/// fields. Keeps draining stderr afterwards so the child never blocks on a full pipe.
+fn listening_fields(child: &mut std::process::Child) -> serde_json::Value {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -187,27 +198,21 @@ fn spawn_gateway(drain: &str) -> (std::process::Child, u16, u16) {
         let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
             continue;
         };
-        if !line.contains("gateway listening") {
-            continue;
+        if line.contains("gateway listening") {
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            return v["fields"].clone();
         }
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let port = |k: &str| {
-            v["fields"][k]
-                .as_str()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        };
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || while rx.recv().is_ok() {});
-        return (child, port("websocket"), port("control"));
     }
     let _ = child.kill();
     let _ = child.wait();
     panic!("the gateway did not report its ports");
+}
+
+/// The port of an address field ("127.0.0.1:8085") of the listening log line.
+fn port_of(fields: &serde_json::Value, key: &str) -> u16 {
+    let addr = fields[key].as_str().unwrap();
+    addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 fn signal(child: &std::process::Child, sig: i32) {
@@ -299,21 +304,9 @@ fn at_the_descriptor_limit_the_control_port_keeps_working_and_the_gateway_recove
             ("LOG_FORMAT", "json"),
         ],
     );
-    let stderr = child.stderr.take().unwrap();
-    let mut ports = None;
-    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-        if line.contains("gateway listening") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            let port = |k: &str| -> u16 {
-                let addr = v["fields"][k].as_str().unwrap();
-                addr.rsplit(':').next().unwrap().parse().unwrap()
-            };
-            assert_eq!(v["fields"]["max_connections"], 80);
-            ports = Some((port("websocket"), port("control")));
-            break;
-        }
-    }
-    let (ws, control) = ports.expect("gateway started");
+    let fields = listening_fields(&mut child);
+    assert_eq!(fields["max_connections"], 80);
+    let (ws, control) = (port_of(&fields, "websocket"), port_of(&fields, "control"));
     // 300 connections that never send a request: far more than descriptors allow.
     let flood: Vec<TcpStream> = (0..300)
         .filter_map(|_| TcpStream::connect(("127.0.0.1", ws)).ok())
