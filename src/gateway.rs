@@ -389,7 +389,6 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
             broker,
             api_key: cfg.publish_api_key.clone(),
             max_publish_bytes: cfg.max_publish_bytes,
-            max_payload_bytes: cfg.max_publish_bytes,
             draining: shared.draining.clone(),
         },
     )

@@ -42,8 +42,6 @@ pub struct State {
     pub api_key: Option<String>,
     /// Largest accepted publish body.
     pub max_publish_bytes: usize,
-    /// Largest notification payload (the normalised frame's text).
-    pub max_payload_bytes: usize,
     /// Set when the process starts draining: `/readyz` fails at once.
     pub draining: Arc<AtomicBool>,
 }
@@ -168,7 +166,7 @@ async fn publish_handler(req: Request<Incoming>, state: &State) -> Response<Full
         Err(err) => return error(StatusCode::BAD_REQUEST, err.kind(), &err.to_string()),
     };
     let frame =
-        match payload::normalize_to_frame(&payload, clock::unix_ms(), state.max_payload_bytes) {
+        match payload::normalize_to_frame(&payload, clock::unix_ms(), state.max_publish_bytes) {
             Ok(frame) => frame,
             Err(err) => return error(StatusCode::BAD_REQUEST, err.kind(), &err.to_string()),
         };

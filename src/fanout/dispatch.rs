@@ -72,11 +72,6 @@ impl Dispatcher {
         }
     }
 
-    /// Number of shards.
-    pub fn shard_count(&self) -> usize {
-        self.rings.len()
-    }
-
     /// Routes `delivery` to its user's owner shard.
     pub fn dispatch(&mut self, delivery: Delivery) -> Result<(), DispatchError> {
         let shard = route::owner_shard(&delivery.user, self.rings.len());

@@ -2,7 +2,13 @@
 //! timeout and size cap), refuse it with a precise HTTP status, or authenticate it and establish
 //! the WebSocket on the user's owner shard.
 
-use std::{io, os::fd::IntoRawFd, rc::Rc, sync::atomic::Ordering::Relaxed, time::Duration};
+use std::{
+    io,
+    os::fd::{AsRawFd, IntoRawFd},
+    rc::Rc,
+    sync::atomic::Ordering::Relaxed,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use monoio::net::TcpStream;
@@ -221,7 +227,7 @@ async fn read_request(shard: &Shard, stream: &TcpStream) -> io::Result<Request> 
         let mut scratch = shard.scratch.borrow_mut();
         let room = cfg.max_request_bytes.saturating_sub(pending.len()).max(1);
         let room = room.min(scratch.len());
-        let n = match sys::recv(fd_of(stream), &mut scratch[..room]) {
+        let n = match sys::recv(stream.as_raw_fd(), &mut scratch[..room]) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -270,7 +276,7 @@ async fn refuse_with(
     shard.stats.inc_handshake(HandshakeOutcome::Refused);
     let mut response = Vec::with_capacity(256);
     handshake::write_refusal(status, label, message, &mut response);
-    let fd = fd_of(&stream);
+    let fd = stream.as_raw_fd();
     if sys::send(fd, &response).is_err() {
         return;
     }
@@ -293,11 +299,6 @@ async fn refuse_with(
         }
     })
     .await;
-}
-
-fn fd_of(stream: &TcpStream) -> std::os::fd::RawFd {
-    use std::os::fd::AsRawFd;
-    stream.as_raw_fd()
 }
 
 /// The metrics label for an authentication failure.

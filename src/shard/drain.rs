@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Shard, conn::Phase};
+use super::Shard;
 use crate::metrics::CloseCode;
 
 /// How often the drain closes the next slice of connections.
@@ -30,15 +30,9 @@ pub async fn run(shard: Rc<Shard>, period: Duration) {
             monoio::time::sleep(TICK).await;
         }
     }
-    // Connections handed over while the drain started are closed now too.
-    let late: Vec<_> = shard
-        .registry
-        .borrow()
-        .iter()
-        .filter(|c| c.phase() == Phase::Open)
-        .cloned()
-        .collect();
-    for conn in late {
+    // Connections handed over while the drain started are closed now too (`close` ignores
+    // those already closing, and never touches the registry, so iterating it is safe).
+    for conn in shard.registry.borrow().iter() {
         conn.close(&shard, CloseCode::GoingAway1001, "server shutting down");
     }
     let deadline = Instant::now() + shard.limits.close_timeout;

@@ -97,9 +97,4 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
     }
-
-    /// Number of distinct users with at least one connection.
-    pub fn user_count(&self) -> usize {
-        self.users.len()
-    }
 }
