@@ -42,11 +42,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use chat4all_gateway::{
-    fanout::{Body, Delivery, dispatch::Dispatcher, route::owner_shard},
-    metrics::GlobalStats,
-    shard::inbox::Doorbell,
-    ws::frame::encode_text,
+use chat4all_gateway::internals::{
+    Body, Delivery, Dispatcher, Doorbell, GlobalStats, encode_text, owner_shard,
 };
 use criterion::{Bencher, Criterion, Throughput, criterion_group, criterion_main};
 

@@ -24,12 +24,9 @@
 use std::hint::black_box;
 
 use bytes::Bytes;
-use chat4all_gateway::{
-    fanout::payload::normalize_to_frame,
-    ws::{
-        frame::{Decoder, Event, Limits, encode_text, text_header_len},
-        message::{ClientMessage, classify_text},
-    },
+use chat4all_gateway::internals::{
+    ClientMessage, Decoder, Event, Limits, classify_text, encode_text, normalize_to_frame,
+    text_header_len,
 };
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 

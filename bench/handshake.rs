@@ -18,12 +18,8 @@
 use std::hint::black_box;
 
 use bytes::Bytes;
-use chat4all_gateway::{
-    ingress::{
-        auth::issue_hs256,
-        handshake::{HandshakeConfig, Parsed, parse_request, write_switching_protocols},
-    },
-    ws::message::connected_frame,
+use chat4all_gateway::internals::{
+    HandshakeConfig, Parsed, connected_frame, issue_hs256, parse_request, write_switching_protocols,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chat4all_gateway::ingress::auth::{
+use chat4all_gateway::internals::{
     Algorithm, AuthConfig, AuthError, Authenticator, KeySource, issue_hs256,
 };
 use criterion::{Criterion, criterion_group, criterion_main};

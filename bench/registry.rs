@@ -27,10 +27,7 @@ use std::{
     rc::Rc,
 };
 
-use chat4all_gateway::{
-    fanout::route::owner_shard,
-    shard::{conn::Conn, registry::Registry},
-};
+use chat4all_gateway::internals::{Conn, Registry, owner_shard};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 // The gateway binary's allocator, so allocation costs match production.

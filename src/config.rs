@@ -24,14 +24,10 @@ use std::{
 
 use clap::{ArgAction, CommandFactory, Parser, ValueEnum};
 
+use crate::proto::jwt::Algorithm;
+
 /// Exit code for a configuration error (`EX_USAGE` from `sysexits.h`).
 pub const EXIT_CONFIG: i32 = 64;
-
-/// JWT algorithms the gateway can verify (`JWT_ALGORITHM`, compared case-insensitively).
-pub const JWT_ALGORITHMS: [&str; 5] = ["HS256", "HS384", "HS512", "RS256", "ES256"];
-
-/// Minimum HMAC secret length in bytes (RFC 7518 §3.2: at least the HS256 hash output size).
-pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 
 /// Upper bound for `SHARDS`: more shards than this is a typo, not a machine.
 pub const MAX_SHARDS: usize = 1024;
@@ -179,7 +175,7 @@ pub struct Config {
     /// Tokens signed with any other algorithm are refused, which blocks algorithm-confusion
     /// attacks.
     #[arg(long, env = "JWT_ALGORITHM", default_value = "HS256", value_parser = parse_jwt_algorithm)]
-    pub jwt_algorithm: String,
+    pub jwt_algorithm: Algorithm,
 
     /// PEM public key file for RS256/ES256 tokens.
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
@@ -488,11 +484,8 @@ impl Config {
     }
 
     fn validate_jwt(&self, bad: &mut impl FnMut(&str, String)) {
-        let alg = self.jwt_algorithm.to_ascii_uppercase();
-        if !JWT_ALGORITHMS.contains(&alg.as_str()) {
-            let valid = JWT_ALGORITHMS.join(", ");
-            bad("jwt_algorithm", format!("'{alg}' is not one of {valid}"));
-        } else if alg.starts_with("HS") {
+        let alg = self.jwt_algorithm;
+        if let Some(min) = alg.min_secret_bytes() {
             match &self.jwt_secret {
                 None if !self.dev => bad(
                     "jwt_secret",
@@ -501,10 +494,10 @@ impl Config {
                          development secret)"
                     ),
                 ),
-                Some(s) if s.len() < MIN_HMAC_SECRET_BYTES => bad(
+                Some(s) if s.len() < min => bad(
                     "jwt_secret",
                     format!(
-                        "must be at least {MIN_HMAC_SECRET_BYTES} bytes for {alg} \
+                        "must be at least {min} bytes for {alg} \
                          (RFC 7518 section 3.2), got {}",
                         s.len()
                     ),
@@ -602,7 +595,7 @@ impl Config {
             (n("metrics_bind_host"), self.metrics_bind_host.to_string()),
             (n("ws_path"), self.ws_path.clone()),
             (n("jwt_secret"), secret(&self.jwt_secret)),
-            (n("jwt_algorithm"), self.jwt_algorithm.to_ascii_uppercase()),
+            (n("jwt_algorithm"), self.jwt_algorithm.to_string()),
             (
                 n("jwt_public_key_file"),
                 self.jwt_public_key_file
@@ -865,12 +858,11 @@ fn parse_drain(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn parse_jwt_algorithm(s: &str) -> Result<String, String> {
-    let upper = s.trim().to_ascii_uppercase();
-    match JWT_ALGORITHMS.contains(&upper.as_str()) {
-        true => Ok(upper),
-        false => Err(format!("'{s}' is not one of {}", JWT_ALGORITHMS.join(", "))),
-    }
+fn parse_jwt_algorithm(s: &str) -> Result<Algorithm, String> {
+    s.parse::<Algorithm>().map_err(|_| {
+        let all: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
+        format!("'{s}' is not one of {}", all.join(", "))
+    })
 }
 
 #[cfg(test)]
@@ -939,7 +931,7 @@ mod tests {
         assert_eq!(c.metrics_bind_host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         assert_eq!(c.ws_path, "/notifications");
         assert_eq!(c.jwt_secret, None);
-        assert_eq!(c.jwt_algorithm, "HS256");
+        assert_eq!(c.jwt_algorithm, Algorithm::HS256);
         assert_eq!(c.jwt_public_key_file, None);
         assert!(c.jwt_require_exp);
         assert_eq!(c.jwt_leeway, Duration::from_secs(30));
@@ -1064,7 +1056,7 @@ mod tests {
             c.jwt_secret.as_deref(),
             Some("env-secret-0123456789abcdef0123456789")
         );
-        assert_eq!(c.jwt_algorithm, "HS512");
+        assert_eq!(c.jwt_algorithm, Algorithm::HS512);
         assert_eq!(c.jwt_public_key_file, Some(PathBuf::from("/etc/key.pem")));
         assert!(!c.jwt_require_exp);
         assert_eq!(c.jwt_leeway, Duration::from_secs(2));
@@ -1238,7 +1230,10 @@ mod tests {
         }
         assert!(flags(&["--dev"]).dev);
         assert_eq!(flags(&["--io-driver", "epoll"]).io_driver, IoDriver::Epoll);
-        assert_eq!(flags(&["--jwt-algorithm", "es256"]).jwt_algorithm, "ES256");
+        assert_eq!(
+            flags(&["--jwt-algorithm", "es256"]).jwt_algorithm,
+            Algorithm::ES256
+        );
         assert!(flags(&["--check-config"]).check_config);
     }
 
@@ -1265,18 +1260,19 @@ mod tests {
         expect_invalid("JWT_SECRET", "at least 32 bytes", |c| {
             c.jwt_secret = Some("short".into())
         });
-        expect_invalid("JWT_ALGORITHM", "not one of", |c| {
-            c.jwt_algorithm = "none".into()
+        expect_invalid("JWT_SECRET", "at least 64 bytes for HS512", |c| {
+            c.jwt_algorithm = Algorithm::HS512;
+            c.jwt_secret = Some("x".repeat(48));
         });
         expect_invalid("JWT_PUBLIC_KEY_FILE", "required", |c| {
-            c.jwt_algorithm = "RS256".into()
+            c.jwt_algorithm = Algorithm::RS256
         });
         expect_invalid("JWT_PUBLIC_KEY_FILE", "cannot read", |c| {
-            c.jwt_algorithm = "ES256".into();
+            c.jwt_algorithm = Algorithm::ES256;
             c.jwt_public_key_file = Some(PathBuf::from("/nonexistent/key.pem"));
         });
         expect_invalid("JWT_PUBLIC_KEY_FILE", "not a regular file", |c| {
-            c.jwt_algorithm = "RS256".into();
+            c.jwt_algorithm = Algorithm::RS256;
             c.jwt_public_key_file = Some(PathBuf::from(dir));
         });
         expect_invalid("METRICS_PORT", "also WEBSOCKET_PORT", |c| {
@@ -1360,7 +1356,7 @@ mod tests {
 
         let mut c = valid();
         c.jwt_secret = None;
-        c.jwt_algorithm = "ES256".into();
+        c.jwt_algorithm = Algorithm::ES256;
         c.jwt_public_key_file = Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
         c.validate().unwrap();
 

@@ -3,7 +3,7 @@
 
 use std::{fmt::Write, net::SocketAddr};
 
-use crate::{config::Config, ingress::auth};
+use crate::{config::Config, proto::jwt as auth};
 
 /// A random 256-bit secret, hex encoded.
 pub fn secret() -> String {

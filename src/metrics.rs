@@ -30,6 +30,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::proto::close::CloseCode;
+
 /// `Content-Type` for the body [`Metrics::render`] returns.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -138,46 +140,11 @@ label_enum! {
     }
 }
 
-label_enum! {
-    /// WebSocket close codes the gateway sends (`code` label, the number).
-    CloseCode("code") {
-        /// Normal closure.
-        Normal1000 => "1000",
-        /// Server going away (shutdown drain).
-        GoingAway1001 => "1001",
-        /// Protocol error.
-        Protocol1002 => "1002",
-        /// Invalid payload data (for example bad UTF-8 in a text frame).
-        InvalidData1007 => "1007",
-        /// Policy violation (for example a token that expired while connected).
-        Policy1008 => "1008",
-        /// Message too big (over MAX_MESSAGE_BYTES).
-        TooBig1009 => "1009",
-        /// Internal server error.
-        Internal1011 => "1011",
-        /// Try again later (slow consumer, overload).
-        TryAgain1013 => "1013",
-    }
-}
-
-impl CloseCode {
-    /// The numeric close code.
-    pub const fn code(self) -> u16 {
-        match self {
-            CloseCode::Normal1000 => 1000,
-            CloseCode::GoingAway1001 => 1001,
-            CloseCode::Protocol1002 => 1002,
-            CloseCode::InvalidData1007 => 1007,
-            CloseCode::Policy1008 => 1008,
-            CloseCode::TooBig1009 => 1009,
-            CloseCode::Internal1011 => 1011,
-            CloseCode::TryAgain1013 => 1013,
-        }
-    }
-
-    /// The variant for a numeric code, if the gateway counts it.
-    pub fn from_code(code: u16) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.code() == code)
+impl Label for CloseCode {
+    const KEY: &'static str = "code";
+    const VALUES: &'static [Self] = &Self::ALL;
+    fn label(self) -> &'static str {
+        self.as_str()
     }
 }
 

@@ -234,7 +234,7 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
 }
 
 fn token(user: &str) -> String {
-    chat4all_gateway::ingress::auth::issue_hs256(SECRET.as_bytes(), user, 3600)
+    chat4all_gateway::internals::issue_hs256(SECRET.as_bytes(), user, 3600)
 }
 
 #[test]

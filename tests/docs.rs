@@ -15,7 +15,7 @@ use std::{
     process::Command,
 };
 
-use chat4all_gateway::{config::Config, metrics::Metrics};
+use chat4all_gateway::{config::Config, internals::Metrics};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

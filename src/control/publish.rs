@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Exactly one of `user_id` / `user_ids` must be given (a `null` counts as absent). User ids are
-//! non-empty strings of at most [`MAX_USER_ID_BYTES`] bytes without whitespace or control
+//! non-empty strings of at most 256 bytes without whitespace or control
 //! characters; at most [`MAX_USER_IDS`] per request; duplicates are dropped, keeping the first
 //! occurrence's order. Unknown top-level fields are ignored.
 //!
@@ -26,17 +26,18 @@ use serde::{
 use serde_json::Value;
 use thiserror::Error;
 
+#[cfg(test)]
+use crate::proto::user::MAX_USER_ID_BYTES;
+use crate::proto::user::UserId;
+
 /// Most user ids one request may address.
 pub const MAX_USER_IDS: usize = 10_000;
-
-/// Longest user id accepted, in bytes.
-pub const MAX_USER_ID_BYTES: usize = 256;
 
 /// A validated publish request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishRequest {
     /// Recipients, deduplicated, in the order first given. Never empty.
-    pub user_ids: Vec<String>,
+    pub user_ids: Vec<UserId>,
     /// The payload object as compact JSON text (keys in original order).
     pub payload: Vec<u8>,
 }
@@ -94,20 +95,6 @@ impl PublishError {
             Self::PayloadNotObject => "payload_not_object",
         }
     }
-
-    /// Human-readable sentence for the response body (same as `Display`).
-    #[must_use]
-    pub fn message(&self) -> String {
-        self.to_string()
-    }
-
-    /// The 400 response body: `{"error":"<kind>","message":"<message>"}`.
-    #[must_use]
-    pub fn json_body(&self) -> Vec<u8> {
-        serde_json::json!({ "error": self.kind(), "message": self.message() })
-            .to_string()
-            .into()
-    }
 }
 
 /// Parses and validates a publish body.
@@ -131,25 +118,16 @@ pub fn parse_publish(body: &[u8]) -> Result<PublishRequest, PublishError> {
 }
 
 /// Validates one user id taken from `user_id` (`index` `None`) or `user_ids[index]`.
-fn check_user_id(value: Value, index: Option<usize>) -> Result<String, PublishError> {
+fn check_user_id(value: Value, index: Option<usize>) -> Result<UserId, PublishError> {
     let invalid = |reason| PublishError::InvalidUserId { index, reason };
     let Value::String(id) = value else {
         return Err(invalid("must be a string"));
     };
-    if id.is_empty() {
-        return Err(invalid("must not be empty"));
-    }
-    if id.len() > MAX_USER_ID_BYTES {
-        return Err(invalid("must be at most 256 bytes"));
-    }
-    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid("must not contain whitespace or control characters"));
-    }
-    Ok(id)
+    UserId::new(id).map_err(|e| invalid(e.reason()))
 }
 
 /// Validates `user_ids` and removes duplicates, keeping first occurrences in order.
-fn check_user_ids(value: Value) -> Result<Vec<String>, PublishError> {
+fn check_user_ids(value: Value) -> Result<Vec<UserId>, PublishError> {
     let Value::Array(items) = value else {
         return Err(PublishError::InvalidUserId {
             index: None,
@@ -172,8 +150,7 @@ fn check_user_ids(value: Value) -> Result<Vec<String>, PublishError> {
     let mut seen = HashSet::with_capacity(ids.len());
     let mut unique = Vec::with_capacity(ids.len());
     for id in ids {
-        if !seen.contains(id.as_str()) {
-            seen.insert(id.clone());
+        if seen.insert(id.clone()) {
             unique.push(id);
         }
     }
@@ -473,11 +450,11 @@ mod tests {
             PublishError::InvalidUserId { index: Some(1), .. }
         ));
         assert_eq!(
-            err.message(),
+            err.to_string(),
             "invalid user id at \"user_ids\"[1]: must not contain whitespace or control characters"
         );
         let err = parse(r#"{"user_id":"","payload":{}}"#).unwrap_err();
-        assert_eq!(err.message(), "invalid user id: must not be empty");
+        assert_eq!(err.to_string(), "invalid user id: must not be empty");
     }
 
     #[test]
@@ -509,20 +486,5 @@ mod tests {
             let body = format!(r#"{{"user_id":"u","payload":{payload}}}"#);
             assert_eq!(kind(&body), "payload_not_object", "{payload}");
         }
-    }
-
-    #[test]
-    fn error_json_body() {
-        let body = PublishError::MissingPayload.json_body();
-        let value: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(
-            value,
-            serde_json::json!({"error": "missing_payload", "message": "\"payload\" is required"})
-        );
-        let err = parse("{").unwrap_err();
-        assert!(
-            err.message()
-                .starts_with("body is not a valid JSON object: ")
-        );
     }
 }

@@ -23,11 +23,7 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::publish::{self, PublishRequest};
-use crate::{
-    clock,
-    fanout::{broker::Broker, payload},
-    metrics::Metrics,
-};
+use crate::{clock, fanout::broker::Broker, metrics::Metrics, proto::payload};
 
 /// Time a client gets to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

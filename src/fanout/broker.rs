@@ -17,6 +17,7 @@ use super::{
     local::{LocalBroker, Outcome},
     redis::publisher::Publisher,
 };
+use crate::proto::user::UserId;
 
 /// How long a publish waits for the shards' answers.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,7 +68,7 @@ impl Broker {
     /// received it, summed over users (Redis: gateway instances, whose shards then deliver).
     pub async fn publish(
         &self,
-        users: Vec<String>,
+        users: Vec<UserId>,
         payload: &[u8],
         frame: Bytes,
     ) -> Result<u32, BrokerError> {

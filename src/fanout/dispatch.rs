@@ -19,7 +19,7 @@ use thiserror::Error;
 use super::{Delivery, route};
 use crate::{
     metrics::{DropReason, GlobalStats},
-    shard::inbox::Doorbell,
+    net::doorbell::Doorbell,
 };
 
 /// Why a notification did not reach its shard.

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Body, Delivery, dispatch::Dispatcher};
+use crate::proto::user::UserId;
 
 /// Publish commands buffered between the control plane and the dispatcher thread.
 const COMMAND_QUEUE: usize = 1024;
@@ -18,7 +19,7 @@ const COMMAND_QUEUE: usize = 1024;
 /// One publish request: a frame for several users, and where to report each user's count.
 struct Command {
     /// Recipients, each with the channel its shard answers on.
-    users: Vec<(String, oneshot::Sender<u32>)>,
+    users: Vec<(UserId, oneshot::Sender<u32>)>,
     /// The encoded frame.
     frame: Bytes,
 }
@@ -66,7 +67,7 @@ impl LocalBroker {
     /// connections it reached. Waits for the shards' answers for at most `timeout`.
     pub async fn publish(
         &self,
-        users: Vec<String>,
+        users: Vec<UserId>,
         frame: Bytes,
         timeout: Duration,
     ) -> Result<Outcome, Stopped> {

@@ -1,14 +1,12 @@
 //! Fan-out: from a published notification to the shard that owns its user.
 //!
-//! `payload` (pure) validates and normalises a notification into one encoded frame; `route`
-//! picks the owner shard; `dispatch` pushes it onto that shard's single-producer ring; `local` is
+//! `route` picks the owner shard; `dispatch` pushes it onto that shard's single-producer ring; `local` is
 //! the single-node broker (a dispatcher thread fed by the publish API); `broker` is what the
 //! control plane publishes through, whatever the backend.
 
 pub mod broker;
 pub mod dispatch;
 pub mod local;
-pub mod payload;
 pub mod redis;
 pub mod route;
 

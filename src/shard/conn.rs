@@ -15,7 +15,8 @@ use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
     io::{self, IoSlice},
-    os::fd::{AsRawFd, RawFd},
+    net::Shutdown,
+    os::fd::BorrowedFd,
     rc::Rc,
     sync::atomic::Ordering::Relaxed,
 };
@@ -23,13 +24,11 @@ use std::{
 use bytes::Bytes;
 use monoio::net::TcpStream;
 
-use super::{
-    Shard,
-    sys::{self, Shutdown},
-};
+use super::Shard;
 use crate::{
-    metrics::{CloseCode, DropReason, ErrorType},
-    ws::frame,
+    metrics::{DropReason, ErrorType},
+    net::sys,
+    proto::{close::CloseCode, frame},
 };
 
 /// How many queued frames one `sendmsg(2)` hands to the kernel at most.
@@ -82,8 +81,6 @@ pub struct Conn {
     /// The socket. Owned here, not by a task, so the descriptor stays valid (cannot be closed and
     /// reused) for as long as anything can still reach this connection and write to it.
     pub(super) stream: TcpStream,
-    /// `stream`'s descriptor, cached for the raw non-blocking calls in [`sys`].
-    pub(super) fd: RawFd,
     /// The authenticated user (shared with the registry's index).
     pub user: Rc<str>,
     /// Slab key in the shard registry, set on insert.
@@ -101,10 +98,8 @@ pub struct Conn {
 impl Conn {
     /// Wraps an upgraded socket.
     pub fn new(stream: TcpStream, user: Rc<str>, now_ms: u64) -> Self {
-        let fd = stream.as_raw_fd();
         Self {
             stream,
-            fd,
             user,
             key: Cell::new(u32::MAX),
             last_rx_ms: Cell::new(now_ms),
@@ -112,6 +107,11 @@ impl Conn {
             phase: Cell::new(Phase::Open),
             outbox: RefCell::new(Outbox::default()),
         }
+    }
+
+    /// The socket's descriptor, for the non-blocking calls in [`sys`].
+    pub(super) fn fd(&self) -> BorrowedFd<'_> {
+        sys::borrow(&self.stream)
     }
 
     /// Current life-cycle state.
@@ -216,13 +216,13 @@ impl Conn {
             return;
         }
         self.phase.set(Phase::Closed);
-        sys::shutdown(self.fd, Shutdown::Both);
+        sys::shutdown(self.fd(), Shutdown::Both);
     }
 
     /// Final teardown, called once by the reader task as it exits.
     pub(super) fn finish(&self, shard: &Shard) {
         self.phase.set(Phase::Closed);
-        sys::shutdown(self.fd, Shutdown::Both);
+        sys::shutdown(self.fd(), Shutdown::Both);
         let mut ob = self.outbox.borrow_mut();
         shard.stats.outbox_bytes.fetch_sub(ob.bytes as i64, Relaxed);
         ob.frames.clear();
@@ -241,7 +241,7 @@ impl Conn {
             ob.frames.push_back(frame);
             return SendOutcome::Queued;
         }
-        let written = match sys::send(self.fd, &frame) {
+        let written = match sys::send(self.fd(), &frame) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => {
@@ -253,7 +253,7 @@ impl Conn {
         };
         if written == frame.len() {
             if ob.fin_after_flush {
-                sys::shutdown(self.fd, Shutdown::Write);
+                sys::shutdown(self.fd(), Shutdown::Write);
             }
             return SendOutcome::Written;
         }
@@ -283,7 +283,7 @@ impl Conn {
                     slices[i] = IoSlice::new(&f[start..]);
                     count += 1;
                 }
-                match sys::send_vectored(self.fd, &slices[..count]) {
+                match sys::send_vectored(self.fd(), &slices[..count]) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                     Err(e) => return Err(e),
@@ -337,6 +337,6 @@ async fn drain(conn: Rc<Conn>, shard: Rc<Shard>) {
         } else {
             Shutdown::Write
         };
-        sys::shutdown(conn.fd, how);
+        sys::shutdown(conn.fd(), how);
     }
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::Shard;
-use crate::metrics::CloseCode;
+use crate::proto::close::CloseCode;
 
 /// How often the drain closes the next slice of connections.
 const TICK: Duration = Duration::from_millis(10);

@@ -1,9 +1,6 @@
 //! The shard's inbox: notifications from the dispatcher and connections handed over by other
 //! shards, each on its own single-producer/single-consumer ring (`rtrb`), plus one [`Doorbell`]
 //! any producer rings after pushing.
-//!
-//! Ringing is cheap when the shard is busy: the doorbell holds the shard's waker only while the
-//! inbox task is parked on an empty inbox, so a burst of pushes costs one cross-thread wake-up.
 
 use std::{
     future::poll_fn,
@@ -12,33 +9,17 @@ use std::{
     task::Poll,
 };
 
-use atomic_waker::AtomicWaker;
-
-use super::{Shard, conn::SendOutcome};
-use crate::metrics::DropReason;
+use super::{Shard, conn::SendOutcome, handoff::Handoff, session};
 use crate::{
     clock,
-    fanout::{Body, Delivery, payload},
-    ingress::{handoff::Handoff, upgrade},
-    metrics::RedisError,
+    fanout::{Body, Delivery},
+    metrics::{DropReason, RedisError},
+    net::doorbell::Doorbell,
+    proto::payload,
 };
 
 /// Deliveries handled before the inbox task yields to the connections' I/O tasks.
 const BATCH: usize = 256;
-
-/// Wakes a shard's inbox task from any thread.
-#[derive(Default)]
-pub struct Doorbell {
-    /// The parked inbox task's waker, if it is parked.
-    waker: AtomicWaker,
-}
-
-impl Doorbell {
-    /// Wakes the shard if it is waiting for work.
-    pub fn ring(&self) {
-        self.waker.wake();
-    }
-}
 
 /// The consumer ends of a shard's queues.
 pub struct Inbox {
@@ -60,7 +41,7 @@ impl Inbox {
     /// Parks until a producer rings (re-checking after registering, so no push is missed).
     async fn wait(&self, shard: &Shard) {
         poll_fn(|cx| {
-            self.doorbell.waker.register(cx.waker());
+            self.doorbell.register(cx.waker());
             if self.has_work(shard) {
                 Poll::Ready(())
             } else {
@@ -77,6 +58,7 @@ pub async fn run(shard: Rc<Shard>, mut inbox: Inbox) {
     while !shard.finished.get() {
         if shard.draining() && !drain_started {
             drain_started = true;
+            shard.stop_accepting();
             monoio::spawn(super::drain::run(shard.clone(), shard.shared.drain_period));
         }
         let mut handled = 0;
@@ -84,7 +66,7 @@ pub async fn run(shard: Rc<Shard>, mut inbox: Inbox) {
         for ring in &mut inbox.handoffs {
             while let Ok(handoff) = ring.pop() {
                 shard.stats.handoffs_in.fetch_add(1, Relaxed);
-                upgrade::adopt(&shard, handoff);
+                session::adopt(&shard, handoff);
                 handled += 1;
             }
         }

@@ -5,34 +5,35 @@
 //! through its [`inbox`]: notifications from the dispatcher and connections handed over by other
 //! shards, each over a lock-free single-producer queue, plus a waker to get its attention.
 
+pub mod accept;
+pub mod admission;
 pub mod conn;
 pub mod drain;
+pub mod handoff;
 pub mod inbox;
 pub mod reader;
+pub mod refusal;
 pub mod registry;
+pub mod session;
+pub mod shared;
 pub mod sweep;
-pub mod sys;
 
 use std::{
     cell::RefCell,
     io,
     net::TcpListener as StdListener,
     rc::Rc,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use self::{inbox::Inbox, registry::Registry};
+use self::{handoff::Outlets, inbox::Inbox, registry::Registry, shared::Shared};
 use crate::{
     fanout::redis::membership,
-    ingress::{accept, auth::Authenticator, handoff::Outlets, handshake::HandshakeConfig},
-    metrics::{Metrics, ShardStats},
-    ws::frame,
+    metrics::ShardStats,
+    proto::{frame, upgrade::HandshakeConfig},
 };
 
 /// Size of the shard's one read buffer, shared by all its connections (reads are synchronous
@@ -81,115 +82,6 @@ pub struct Limits {
     pub max_payload_bytes: usize,
 }
 
-/// State shared by all shards of the process (read-mostly, thread-safe).
-pub struct Shared {
-    /// Verifies client tokens.
-    pub auth: Authenticator,
-    /// Sockets established or mid-handshake, across all shards.
-    connections: AtomicUsize,
-    /// Over-capacity refusals currently lingering (each holds a descriptor briefly).
-    lingering: AtomicUsize,
-    /// At most this many over-capacity refusals linger at once; beyond it they close at once.
-    max_lingering: usize,
-    /// Refuse upgrades (503) beyond this many connections.
-    pub max_connections: usize,
-    /// Number of shards; the routing modulus.
-    pub shard_count: usize,
-    /// Set once on shutdown: stop accepting, close connections (also fails `/readyz`).
-    pub draining: Arc<AtomicBool>,
-    /// How long the drain spreads its closes over.
-    pub drain_period: Duration,
-    /// Metrics registry (per-shard stats live inside).
-    pub metrics: Arc<Metrics>,
-}
-
-impl Shared {
-    /// Builds the shared state.
-    pub fn new(
-        auth: Authenticator,
-        max_connections: usize,
-        fd_reserve: usize,
-        shard_count: usize,
-        metrics: Arc<Metrics>,
-        drain_period: Duration,
-    ) -> Self {
-        Self {
-            auth,
-            connections: AtomicUsize::new(0),
-            lingering: AtomicUsize::new(0),
-            max_lingering: (fd_reserve / 4).max(4),
-            max_connections,
-            shard_count,
-            draining: Arc::new(AtomicBool::new(false)),
-            drain_period,
-            metrics,
-        }
-    }
-
-    /// Reserves a connection slot for a socket just accepted; `None` when the process holds
-    /// `max_connections` sockets (established or mid-handshake). Reserving at accept time, not
-    /// after authentication, is what keeps the descriptor reserve out of reach of a flood of
-    /// connections that never finish their handshake.
-    pub fn try_reserve(&self) -> Option<Slot<'_>> {
-        let prev = self.connections.fetch_add(1, Ordering::AcqRel);
-        if prev >= self.max_connections {
-            self.connections.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Slot {
-            shared: self,
-            kept: false,
-        })
-    }
-
-    /// Takes one of the few descriptors over-capacity refusals may hold while the client reads
-    /// the 503; `false` means close at once instead.
-    pub fn try_linger(&self) -> bool {
-        if self.lingering.fetch_add(1, Ordering::AcqRel) >= self.max_lingering {
-            self.lingering.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        true
-    }
-
-    /// Ends a linger started with [`Self::try_linger`].
-    pub fn end_linger(&self) {
-        self.lingering.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Returns the slot of a connection that has ended (one whose [`Slot`] was kept).
-    pub fn release_connection(&self) {
-        self.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Connections currently counted against the cap.
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Acquire)
-    }
-}
-
-/// A reserved connection slot: given back when dropped, unless the connection was established
-/// (then the connection's reader gives it back when it ends).
-pub struct Slot<'a> {
-    shared: &'a Shared,
-    kept: bool,
-}
-
-impl Slot<'_> {
-    /// The connection now owns the slot.
-    pub fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            self.shared.release_connection();
-        }
-    }
-}
-
 /// A shard's state, on its own thread.
 pub struct Shard {
     /// Index of this shard (0-based), also its routing value.
@@ -212,6 +104,8 @@ pub struct Shard {
     epoch: Instant,
     /// Set by the drain when the shard has nothing left to do; its thread then ends.
     pub finished: std::cell::Cell<bool>,
+    /// Cancels the accept loop's pending accept when the drain starts (taken once).
+    stop_accepting: RefCell<Option<monoio::io::Canceller>>,
 }
 
 impl Shard {
@@ -237,6 +131,14 @@ impl Shard {
     /// Whether the process is shutting down.
     pub fn draining(&self) -> bool {
         self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops the accept loop: cancels its pending accept, after which it sees the drain flag and
+    /// drops the listener. Idempotent.
+    pub fn stop_accepting(&self) {
+        if let Some(canceller) = self.stop_accepting.borrow_mut().take() {
+            canceller.cancel();
+        }
     }
 }
 
@@ -305,8 +207,12 @@ async fn main(setup: ShardSetup) -> io::Result<()> {
         membership: setup.membership,
         epoch: Instant::now(),
         finished: std::cell::Cell::new(false),
+        stop_accepting: RefCell::new(None),
     });
-    monoio::spawn(accept::run(shard.clone(), listener));
+    let canceller = monoio::io::Canceller::new();
+    let stop = canceller.handle();
+    *shard.stop_accepting.borrow_mut() = Some(canceller);
+    monoio::spawn(accept::run(shard.clone(), listener, stop));
     monoio::spawn(sweep::run(shard.clone()));
     inbox::run(shard, setup.inbox).await;
     Ok(())

@@ -7,12 +7,14 @@ use std::{io, rc::Rc, sync::atomic::Ordering::Relaxed};
 use super::{
     Shard,
     conn::{Conn, Phase},
-    sys,
+    shared::Slot,
 };
 use crate::{
     clock,
-    metrics::{CloseCode, ErrorType},
-    ws::{
+    metrics::ErrorType,
+    net::sys,
+    proto::{
+        close::CloseCode,
         frame::{self, Decoder, Event},
         message::{self, ClientMessage},
     },
@@ -26,8 +28,9 @@ enum Next {
     Finish,
 }
 
-/// Runs until the connection ends. `leftover` holds bytes that arrived with the upgrade request.
-pub async fn run(conn: Rc<Conn>, shard: Rc<Shard>, mut leftover: Vec<u8>) {
+/// Runs until the connection ends. `leftover` holds bytes that arrived with the upgrade request;
+/// `slot` is the connection's slot against `MAX_CONNECTIONS`, given back when the reader ends.
+pub async fn run(conn: Rc<Conn>, shard: Rc<Shard>, mut leftover: Vec<u8>, slot: Slot) {
     let mut decoder = Some(Decoder::default());
     let mut next = Next::Continue;
     if !leftover.is_empty() {
@@ -41,7 +44,7 @@ pub async fn run(conn: Rc<Conn>, shard: Rc<Shard>, mut leftover: Vec<u8>) {
         loop {
             let mut scratch = shard.scratch.borrow_mut();
             let cap = scratch.len();
-            match sys::recv(conn.fd, &mut scratch) {
+            match sys::recv(conn.fd(), &mut scratch) {
                 Ok(0) => break 'conn,
                 Ok(n) => {
                     conn.touch(shard.now_ms());
@@ -64,7 +67,7 @@ pub async fn run(conn: Rc<Conn>, shard: Rc<Shard>, mut leftover: Vec<u8>) {
     conn.finish(&shard);
     tracing::debug!(shard = shard.id, user = %conn.user, "disconnected");
     shard.stats.connections_active.fetch_sub(1, Relaxed);
-    shard.shared.release_connection();
+    drop(slot);
 }
 
 /// Decodes and handles one batch of bytes.

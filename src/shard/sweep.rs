@@ -8,7 +8,7 @@
 use std::{rc::Rc, time::Duration};
 
 use super::{Shard, conn::Phase};
-use crate::metrics::CloseCode;
+use crate::proto::close::CloseCode;
 
 /// The sweep period: a quarter of the idle timeout, between 50 ms and 1 s.
 pub fn period(idle_timeout: Duration) -> Duration {

@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use chat4all_gateway::{config::Config, gateway, ingress::auth};
+use chat4all_gateway::{config::Config, gateway, internals::issue_hs256};
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -76,7 +76,7 @@ pub fn start_owned(driver: &str, extra: &[&str]) -> (TestGateway, gateway::Gatew
 
 /// A valid token for `user`.
 pub fn token(user: &str) -> String {
-    auth::issue_hs256(SECRET.as_bytes(), user, 3600)
+    issue_hs256(SECRET.as_bytes(), user, 3600)
 }
 
 impl TestGateway {

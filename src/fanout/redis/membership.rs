@@ -107,11 +107,6 @@ impl Membership {
     pub fn len(&self) -> usize {
         self.users.len()
     }
-
-    /// Whether no channel is held.
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -180,7 +175,7 @@ mod tests {
     fn left_for_unknown_user_is_ignored() {
         let mut m = Membership::new(Duration::ZERO);
         m.apply(Event::Left(u("ghost")), Instant::now());
-        assert!(m.is_empty());
+        assert_eq!(m.len(), 0);
         assert_eq!(m.take_changes(Instant::now()), Changes::default());
     }
 }

@@ -6,6 +6,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::Mutex;
 
 use super::target::Target;
+use crate::proto::user::UserId;
 
 /// How long a publish may wait for Redis.
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -32,7 +33,7 @@ impl Publisher {
 
     /// PUBLISHes `payload` on each user's channel (pipelined). Returns the number of Redis
     /// subscribers that received it, summed (gateway instances, in pattern mode).
-    pub async fn publish(&self, users: &[String], payload: &[u8]) -> Result<u32, String> {
+    pub async fn publish(&self, users: &[UserId], payload: &[u8]) -> Result<u32, String> {
         let mut con = self.connection().await?;
         let mut pipe = redis::pipe();
         for user in users {

@@ -86,7 +86,7 @@ impl Subscriber {
         // Shards can shed load (bounded rings, counted drops); the subscriber cannot: if it
         // falls behind, Redis disconnects it and far more is lost. Where permitted, let the
         // scheduler favour it over the shards.
-        if let Err(err) = crate::shard::sys::raise_thread_priority(SUBSCRIBER_NICE) {
+        if let Err(err) = crate::net::sys::raise_thread_priority(SUBSCRIBER_NICE) {
             tracing::debug!(error = %err, "could not raise the subscriber's priority");
         }
         let mut membership = Membership::new(self.grace);

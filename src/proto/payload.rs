@@ -22,7 +22,7 @@ use serde::{
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, Tape};
 use thiserror::Error;
 
-use crate::ws::frame::{text_header_len, write_text_header};
+use super::frame::{text_header_len, write_text_header};
 
 /// Why a payload was refused.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
@@ -300,7 +300,7 @@ pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::frame::test_util::decode_text;
+    use crate::proto::frame::test_util::decode_text;
 
     const NOW: u64 = 1_700_000_000_123;
     const MAX: usize = 64 * 1024;

@@ -4,26 +4,28 @@
 
 use std::{io, rc::Rc, time::Duration};
 
-use monoio::net::TcpListener;
+use monoio::{io::CancelHandle, net::TcpListener};
 
-use super::upgrade;
-use crate::{metrics::AcceptError, shard::Shard};
+use super::{Shard, admission, session};
+use crate::metrics::AcceptError;
 
 /// First pause after a resource failure; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest pause between accept attempts while out of resources.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Accepts until the process drains.
-pub async fn run(shard: Rc<Shard>, listener: TcpListener) {
+/// Accepts until the process drains: the inbox then cancels the pending accept through `stop`
+/// (an io_uring or epoll cancellation, never an action on a descriptor this task may already
+/// have closed), and the listener is dropped here.
+pub async fn run(shard: Rc<Shard>, listener: TcpListener, stop: CancelHandle) {
     let mut backoff = MIN_BACKOFF;
     while !shard.draining() {
-        match listener.accept().await {
+        match listener.cancelable_accept(stop.clone()).await {
             Ok((stream, _peer)) => {
                 backoff = MIN_BACKOFF;
-                monoio::spawn(upgrade::serve(shard.clone(), stream));
+                monoio::spawn(serve(shard.clone(), stream));
             }
-            // The drain shut the listener down to wake this accept.
+            // The drain cancelled this accept.
             Err(_) if shard.draining() => break,
             Err(err) if is_resource_exhaustion(&err) => {
                 shard.stats.inc_accept_error(AcceptError::Emfile);
@@ -38,6 +40,13 @@ pub async fn run(shard: Rc<Shard>, listener: TcpListener) {
                 tracing::debug!(shard = shard.id, error = %err, "accept failed");
             }
         }
+    }
+}
+
+/// The task of one accepted socket: admission, then its session.
+async fn serve(shard: Rc<Shard>, stream: monoio::net::TcpStream) {
+    if let Some(admitted) = admission::admit(&shard, stream).await {
+        session::open(&shard, admitted).await;
     }
 }
 

@@ -21,8 +21,7 @@ use jsonwebtoken::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Longest accepted user id, in bytes.
-const MAX_USER_ID_BYTES: usize = 256;
+use super::user::{MAX_USER_ID_BYTES, UserId};
 
 /// Largest accepted clock-skew leeway. More than a day is a configuration mistake, and bounding
 /// it keeps `now - leeway` far from underflow.
@@ -68,7 +67,8 @@ impl Algorithm {
     }
 
     /// For HMAC algorithms, the shortest secret RFC 7518 §3.2 allows: the hash output size.
-    fn min_secret_bytes(self) -> Option<usize> {
+    /// `None` for the public-key algorithms.
+    pub fn min_secret_bytes(self) -> Option<usize> {
         match self {
             Algorithm::HS256 => Some(32),
             Algorithm::HS384 => Some(48),
@@ -148,10 +148,6 @@ pub struct AuthConfig {
 /// material.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
-    /// The configured algorithm name is not one of [`Algorithm::ALL`] (see [`UnknownAlgorithm`]
-    /// for an error that names it).
-    #[error("unsupported JWT algorithm: expected one of HS256, HS384, HS512, RS256, ES256")]
-    UnsupportedAlgorithm,
     /// An HMAC algorithm configured with a public key, or RS256/ES256 with a secret.
     #[error("{algorithm} needs {expected}, but {given} was configured")]
     KeyMismatch {
@@ -350,7 +346,7 @@ impl Authenticator {
     /// # Errors
     ///
     /// [`AuthError::Missing`] for an empty token, otherwise the first check the token fails.
-    pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -367,14 +363,7 @@ impl Authenticator {
             UserIdClaim::Unsigned(n) => n.to_string(),
             UserIdClaim::Other(_) => return Err(AuthError::InvalidUserId),
         };
-        let valid = !id.is_empty()
-            && id.len() <= MAX_USER_ID_BYTES
-            && !id.chars().any(|c| c.is_control() || c.is_whitespace());
-        if valid {
-            Ok(id)
-        } else {
-            Err(AuthError::InvalidUserId)
-        }
+        UserId::new(id).map_err(|_| AuthError::InvalidUserId)
     }
 
     /// Maps a `jsonwebtoken` failure to our error.
@@ -620,13 +609,13 @@ FsFBXskXuLomO1FaqEsh3XoTwp9dqYL7
     #[test]
     fn valid_hs256_with_user_id() {
         let token = sign_hs256(json!({"user_id": "alice", "sub": "ignored", "exp": now() + 60}));
-        assert_eq!(hs256().verify(&token), Ok("alice".to_owned()));
+        assert_eq!(hs256().verify(&token).as_deref(), Ok("alice"));
     }
 
     #[test]
     fn sub_is_used_without_user_id() {
         let token = sign_hs256(json!({"sub": "bob", "iat": now(), "exp": now() + 60}));
-        assert_eq!(hs256().verify(&token), Ok("bob".to_owned()));
+        assert_eq!(hs256().verify(&token).as_deref(), Ok("bob"));
     }
 
     #[test]
@@ -648,7 +637,7 @@ FsFBXskXuLomO1FaqEsh3XoTwp9dqYL7
     #[test]
     fn issued_tokens_verify() {
         let token = issue_hs256(SECRET, "carol", 300);
-        assert_eq!(hs256().verify(&token), Ok("carol".to_owned()));
+        assert_eq!(hs256().verify(&token).as_deref(), Ok("carol"));
         let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
         assert_eq!(claims["sub"], "carol");
         assert_eq!(

@@ -4,7 +4,6 @@
 use std::{
     io,
     net::{SocketAddr, TcpListener as StdListener},
-    os::fd::{AsRawFd, RawFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -18,8 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 
 use crate::{
-    config::RedisSubscription,
-    config::{Config, IoDriver},
+    config::{Config, IoDriver, RedisSubscription},
     control::server::{self, State},
     fanout::{
         broker::Broker,
@@ -31,18 +29,19 @@ use crate::{
             target::{Target, TargetError},
         },
     },
-    ingress::{
-        auth::{AuthConfig, AuthSetupError, Authenticator, KeySource},
-        handoff::Outlets,
-        handshake::HandshakeConfig,
-    },
     metrics::Metrics,
-    shard::{
-        self, Driver, Limits, ShardSetup, Shared,
-        inbox::{Doorbell, Inbox},
-        sys::{self, Shutdown},
+    net::doorbell::Doorbell,
+    proto::{
+        frame,
+        jwt::{AuthConfig, AuthSetupError, Authenticator, KeySource},
+        upgrade::HandshakeConfig,
     },
-    ws::frame,
+    shard::{
+        self, Driver, Limits, ShardSetup,
+        handoff::Outlets,
+        inbox::Inbox,
+        shared::{Shared, Slots},
+    },
 };
 
 /// Slots of each shard-to-shard hand-off ring (connections in transit; a full ring answers 503).
@@ -111,9 +110,7 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
     /// Shard threads.
     threads: Vec<thread::JoinHandle<()>>,
-    /// The shards' listening sockets, shut down to wake their pending accepts on drain.
-    listener_fds: Vec<RawFd>,
-    /// Each shard's doorbell, rung to make it notice the drain.
+    /// Each shard's doorbell, rung to make it notice the drain (it then cancels its accept).
     doorbells: Vec<Arc<Doorbell>>,
 }
 
@@ -130,11 +127,6 @@ impl Gateway {
             period_ms = self.shared.drain_period.as_millis() as u64,
             "draining: closing connections with 1001"
         );
-        for fd in &self.listener_fds {
-            // Wakes the shard's pending accept with an error; the accept loop then sees the
-            // drain flag, exits and drops (closes) the listener.
-            sys::shutdown(*fd, Shutdown::Both);
-        }
         for bell in &self.doorbells {
             bell.ring();
         }
@@ -161,12 +153,9 @@ pub fn resolve_driver(cfg: &Config) -> Result<Driver, StartError> {
 
 /// Builds the JWT verifier from `cfg` (with `secret` overriding `JWT_SECRET`, for `--dev`).
 pub fn authenticator(cfg: &Config, secret: Option<&str>) -> Result<Authenticator, StartError> {
-    let algorithm = cfg
-        .jwt_algorithm
-        .parse()
-        .map_err(|_| AuthSetupError::UnsupportedAlgorithm)?;
+    let algorithm = cfg.jwt_algorithm;
     let key = match &cfg.jwt_public_key_file {
-        Some(path) if !cfg.jwt_algorithm.to_ascii_uppercase().starts_with("HS") => {
+        Some(path) if algorithm.min_secret_bytes().is_none() => {
             KeySource::PublicKeyPem(std::fs::read(path).map_err(|source| StartError::KeyFile {
                 path: path.display().to_string(),
                 source,
@@ -234,7 +223,6 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     let ws_addr = ws_listeners[0]
         .local_addr()
         .expect("bound socket has an address");
-    let listener_fds = ws_listeners.iter().map(|l| l.as_raw_fd()).collect();
     let control_addr = SocketAddr::new(cfg.metrics_bind_host, cfg.metrics_port);
     let control = bind(control_addr, false, 1024).map_err(|source| StartError::Bind {
         what: "control port (METRICS_PORT)",
@@ -246,8 +234,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     let metrics = Metrics::new(shards, driver.as_str());
     let shared = Arc::new(Shared::new(
         auth,
-        max_connections,
-        cfg.fd_reserve,
+        Slots::new(max_connections, cfg.fd_reserve),
         shards,
         metrics.clone(),
         cfg.drain_period,
@@ -405,7 +392,6 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
         metrics,
         shared,
         threads,
-        listener_fds,
         doorbells: shard_doorbells,
     })
 }

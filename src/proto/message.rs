@@ -15,9 +15,9 @@ use std::cell::RefCell;
 use bytes::Bytes;
 use simd_json::{Buffers, Tape, prelude::ValueAsScalar};
 
-use crate::{
-    fanout::payload::{push_u64, u64_len},
-    ws::frame::{text_header_len, write_text_header},
+use super::{
+    frame::{text_header_len, write_text_header},
+    payload::{push_u64, u64_len},
 };
 
 /// Reason labels of [`ClientMessage::Unsupported`], also sent as `"error"` by [`error_frame`].
@@ -211,7 +211,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::ws::frame::test_util::decode_text;
+    use crate::proto::frame::test_util::decode_text;
 
     fn classify(text: &str) -> ClientMessage {
         classify_text(&mut text.as_bytes().to_vec())

@@ -1,25 +1,29 @@
-//! Handing an authenticated connection to the shard that owns its user, so that all of a user's
+//! Handing an admitted connection to the shard that owns its user, so that all of a user's
 //! connections live on one shard and a notification touches exactly one shard.
 //!
-//! The accepting shard has parsed the upgrade request and verified the token; it passes the raw
-//! socket, the user id, the computed `Sec-WebSocket-Accept` and any bytes read past the request
-//! to the owner over a dedicated single-producer ring, then rings the owner's doorbell. The owner
-//! answers the upgrade, so a connection is registered before its client sees `connected`.
+//! The accepting shard has parsed the upgrade request and verified the token; it passes the
+//! socket, the user id, the computed `Sec-WebSocket-Accept`, any bytes read past the request and
+//! the connection's slot to the owner over a dedicated single-producer ring, then rings the
+//! owner's doorbell. The owner answers the upgrade, so a connection is registered before its
+//! client sees `connected`.
 
 use std::{os::fd::OwnedFd, sync::Arc};
 
-use crate::shard::inbox::Doorbell;
+use super::shared::Slot;
+use crate::{net::doorbell::Doorbell, proto::user::UserId};
 
 /// A connection in transit between shards.
 pub struct Handoff {
     /// The client socket, upgrade not yet answered.
     pub fd: OwnedFd,
     /// The authenticated user.
-    pub user: Box<str>,
+    pub user: UserId,
     /// `Sec-WebSocket-Accept` for the 101 response.
     pub accept_key: String,
     /// Bytes the client sent after the upgrade request (usually none).
     pub leftover: Vec<u8>,
+    /// The connection's slot against `MAX_CONNECTIONS`, travelling with it.
+    pub slot: Slot,
 }
 
 /// A shard's producer ends towards every other shard.
@@ -36,12 +40,14 @@ impl Outlets {
         Self { rings, doorbells }
     }
 
-    /// Whether shard `to` can take one more hand-off now.
+    /// Whether shard `to` can take one more hand-off now. This shard is the ring's only
+    /// producer, so room seen here is still there for the following [`Self::send`].
     pub fn has_room(&self, to: usize) -> bool {
         self.rings[to].as_ref().is_some_and(|r| r.slots() > 0)
     }
 
-    /// Sends `handoff` to shard `to` and wakes it. Gives the hand-off back when the ring is full.
+    /// Sends `handoff` to shard `to` and wakes it. Gives the hand-off back when the ring is full
+    /// (or `to` is this shard).
     pub fn send(&mut self, to: usize, handoff: Handoff) -> Result<(), Handoff> {
         let Some(ring) = self.rings[to].as_mut() else {
             return Err(handoff);

@@ -1,0 +1,12 @@
+//! The thin OS layer: raw socket calls ([`sys`]) and cross-thread wake-ups ([`doorbell`]).
+//!
+//! All `unsafe` code of the crate lives here (the crate root denies it everywhere else), each
+//! block with a `// SAFETY:` comment. It is needed for:
+//! - tying a monoio socket's raw descriptor to a [`BorrowedFd`](std::os::fd::BorrowedFd) with the
+//!   socket's lifetime (monoio exposes only `AsRawFd`), and taking it out as an `OwnedFd` for a
+//!   hand-off between shards;
+//! - viewing the shard's initialised scratch buffer as `MaybeUninit` for socket2's `recv`;
+//! - `setpriority(2)` for the Redis subscriber thread, which no safe crate wraps per thread.
+
+pub mod doorbell;
+pub mod sys;

@@ -1,0 +1,124 @@
+//! Establishing a session: an admitted connection goes to the shard that owns its user (handed
+//! over when another shard accepted it), is registered there, and only then gets its `101` and
+//! `connected`, so every notification published after the client saw `connected` reaches it.
+
+use std::{rc::Rc, sync::atomic::Ordering::Relaxed};
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+
+use super::{
+    Shard, admission::Admitted, conn::Conn, handoff::Handoff, reader, refusal, shared::Slot,
+};
+use crate::{
+    clock,
+    fanout::route,
+    metrics::{ErrorType, HandshakeOutcome},
+    net::sys,
+    proto::{close::CloseCode, message, upgrade, upgrade::Status},
+};
+
+/// Opens the session of an admitted connection: here when this shard owns the user, else on the
+/// owner shard through a hand-off (503 when the owner's hand-off ring is full).
+pub async fn open(shard: &Rc<Shard>, admitted: Admitted) {
+    let owner = route::owner_shard(&admitted.user, shard.shared.shard_count);
+    if owner == shard.id {
+        let Admitted {
+            stream,
+            user,
+            accept_key,
+            leftover,
+            slot,
+        } = admitted;
+        establish(
+            shard,
+            stream,
+            Rc::from(user.as_str()),
+            &accept_key,
+            leftover,
+            slot,
+        );
+        return;
+    }
+    if !shard.outlets.borrow().has_room(owner) {
+        drop(admitted.slot);
+        shard.stats.inc_error(ErrorType::OverCapacity);
+        let message = "the gateway is overloaded; retry with backoff";
+        let status = Status::ServiceUnavailable;
+        refusal::refuse(shard, admitted.stream, status, "overloaded", message).await;
+        return;
+    }
+    let handoff = Handoff {
+        fd: sys::into_owned(admitted.stream),
+        user: admitted.user,
+        accept_key: admitted.accept_key,
+        leftover: admitted.leftover,
+        slot: admitted.slot,
+    };
+    if shard.outlets.borrow_mut().send(owner, handoff).is_err() {
+        // Unreachable in practice (room was checked and this shard is the ring's only
+        // producer); the dropped hand-off closes the socket and gives its slot back.
+        shard.stats.inc_error(ErrorType::InternalError);
+    }
+}
+
+/// Takes over a connection handed over by another shard.
+pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
+    let std_stream = std::net::TcpStream::from(handoff.fd);
+    let stream = std_stream
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(std_stream));
+    match stream {
+        Ok(stream) => establish(
+            shard,
+            stream,
+            Rc::from(handoff.user.as_str()),
+            &handoff.accept_key,
+            handoff.leftover,
+            handoff.slot,
+        ),
+        Err(err) => {
+            shard.stats.inc_error(ErrorType::InternalError);
+            tracing::warn!(shard = shard.id, error = %err, "could not adopt a handed-over socket");
+        }
+    }
+}
+
+/// Registers the connection, answers the upgrade with `101` and `connected`, and starts its
+/// reader (which owns the slot from now on). Registration comes first, so every notification
+/// that follows reaches the client after `connected`.
+fn establish(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    user: Rc<str>,
+    accept_key: &str,
+    leftover: Vec<u8>,
+    slot: Slot,
+) {
+    // Small writes: disable Nagle so a notification leaves at once.
+    let _ = stream.set_nodelay(true);
+    let conn = Rc::new(Conn::new(stream, user, shard.now_ms()));
+    let inserted = shard
+        .registry
+        .borrow_mut()
+        .insert(conn.clone(), shard.limits.max_connections_per_user);
+    if inserted.first_for_user {
+        shard.user_joined(&conn.user);
+    }
+    shard.stats.connections_active.fetch_add(1, Relaxed);
+    shard.stats.inc_handshake(HandshakeOutcome::Accepted);
+    tracing::debug!(shard = shard.id, user = %conn.user, "connected");
+    let connected = message::connected_frame(&conn.user, clock::unix_ms());
+    let mut greeting = Vec::with_capacity(160 + connected.len());
+    upgrade::write_switching_protocols(accept_key, &mut greeting);
+    greeting.extend_from_slice(&connected);
+    conn.send(shard, Bytes::from(greeting));
+    if let Some(old) = inserted.evicted {
+        old.close(
+            shard,
+            CloseCode::Policy1008,
+            "too many connections for this user; closing the oldest",
+        );
+    }
+    monoio::spawn(reader::run(conn, shard.clone(), leftover, slot));
+}
