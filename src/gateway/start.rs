@@ -38,7 +38,7 @@ use crate::{
     net::doorbell::Doorbell,
     proto::{
         frame,
-        jwt::{AuthConfig, AuthSetupError, Authenticator, KeySource},
+        jwt::{AuthSetupError, Authenticator},
         upgrade::HandshakeConfig,
     },
     shard::{
@@ -156,33 +156,6 @@ pub fn resolve_driver(cfg: &Config) -> Result<Driver, StartError> {
         IoDriver::IoUring if uring => Ok(Driver::IoUring),
         IoDriver::IoUring => Err(StartError::NoIoUring),
     }
-}
-
-/// Builds the JWT verifier from `cfg` (with `secret` overriding `JWT_SECRET`, for `--dev`).
-pub fn authenticator(cfg: &Config, secret: Option<&str>) -> Result<Authenticator, StartError> {
-    let algorithm = cfg.jwt_algorithm;
-    let key = match &cfg.jwt_public_key_file {
-        Some(path) if algorithm.min_secret_bytes().is_none() => {
-            KeySource::PublicKeyPem(std::fs::read(path).map_err(|source| StartError::KeyFile {
-                var: "JWT_PUBLIC_KEY_FILE",
-                path: path.display().to_string(),
-                source,
-            })?)
-        }
-        _ => KeySource::Secret(
-            secret
-                .or(cfg.jwt_secret.as_deref())
-                .unwrap_or_default()
-                .as_bytes()
-                .to_vec(),
-        ),
-    };
-    Ok(Authenticator::new(&AuthConfig {
-        algorithm,
-        key,
-        require_exp: cfg.jwt_require_exp,
-        leeway_seconds: cfg.jwt_leeway.as_secs(),
-    })?)
 }
 
 /// Per-connection limits from `cfg`.

@@ -9,12 +9,20 @@ use std::{
     time::Duration,
 };
 
-use crate::{metrics::Metrics, proto::jwt::Authenticator};
+use arc_swap::ArcSwap;
+
+use crate::{
+    metrics::Metrics,
+    proto::{
+        jwt::{AuthError, Authenticator},
+        user::UserId,
+    },
+};
 
 /// State shared by all shards of the process (read-mostly, thread-safe).
 pub struct Shared {
-    /// Verifies client tokens.
-    pub auth: Authenticator,
+    /// Verifies client tokens; replaced when SIGHUP reloads the JWT key.
+    pub auth: Verifier,
     /// Connection slots against `MAX_CONNECTIONS`.
     pub slots: Arc<Slots>,
     /// Number of shards; the routing modulus.
@@ -37,7 +45,7 @@ impl Shared {
         drain_period: Duration,
     ) -> Self {
         Self {
-            auth,
+            auth: Verifier::new(auth),
             slots: Arc::new(slots),
             shard_count,
             draining: Arc::new(AtomicBool::new(false)),
@@ -49,6 +57,32 @@ impl Shared {
     /// Connections currently counted against the cap.
     pub fn connections(&self) -> usize {
         self.slots.connections.load(Ordering::Acquire)
+    }
+}
+
+/// The token verifier in force. A reload swaps in a new one for the next handshakes; a
+/// handshake in progress finishes with the one it loaded. Loading it takes no lock and writes no
+/// shared cache line, so shards verifying in parallel do not contend.
+pub struct Verifier(ArcSwap<Authenticator>);
+
+impl Verifier {
+    /// Starts with `auth`.
+    pub fn new(auth: Authenticator) -> Self {
+        Self(ArcSwap::from_pointee(auth))
+    }
+
+    /// Verifies `token` with the verifier in force.
+    ///
+    /// # Errors
+    ///
+    /// Why the token is refused ([`Authenticator::verify`]).
+    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.0.load().verify(token)
+    }
+
+    /// Puts `auth` in force for every later handshake.
+    pub fn replace(&self, auth: Authenticator) {
+        self.0.store(Arc::new(auth));
     }
 }
 
