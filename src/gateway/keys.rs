@@ -12,7 +12,7 @@ use crate::{
     config::{Config, read_secret_file},
     proto::jwt::{Algorithm, AuthConfig, Authenticator, KeySource},
     reload::{Outcome, Reload},
-    shard::shared::Shared,
+    shard::shared::{Shared, Verifier},
 };
 
 /// Builds the JWT verifier from `cfg` (with `secret` overriding `JWT_SECRET`, for `--dev`).
@@ -37,6 +37,24 @@ pub fn authenticator(cfg: &Config, secret: Option<&str>) -> Result<Authenticator
         ),
     };
     Ok(Authenticator::new(&auth_config(cfg, key))?)
+}
+
+/// Whether the key comes from a file SIGHUP can re-read (`JWT_SECRET_FILE`, or
+/// `JWT_PUBLIC_KEY_FILE` for RS256/ES256), rather than from `JWT_SECRET` or a generated `--dev`
+/// secret, which cannot change while the process runs.
+/// (`--dev` generates a secret only when neither `JWT_SECRET` nor `JWT_SECRET_FILE` is set.)
+pub fn reloadable(cfg: &Config) -> bool {
+    cfg.jwt_algorithm.min_secret_bytes().is_none() || cfg.jwt_secret_file.is_some()
+}
+
+/// The verifier the shards use: swappable when [`reloadable`], else fixed (no cost over a plain
+/// verification).
+pub fn verifier(cfg: &Config, auth: Authenticator) -> Verifier {
+    if reloadable(cfg) {
+        Verifier::reloadable(auth)
+    } else {
+        Verifier::fixed(auth)
+    }
 }
 
 /// Reads a key file, naming its variable on failure.
@@ -89,22 +107,21 @@ impl Reload for JwtKeyReload {
 
     fn reload(&self) -> Result<Outcome, String> {
         let alg: Algorithm = self.cfg.jwt_algorithm;
-        let source = match (alg.min_secret_bytes(), &self.cfg.jwt_secret_file) {
-            (None, _) => "JWT_PUBLIC_KEY_FILE",
-            (Some(_), Some(_)) if !self.dev_secret => "JWT_SECRET_FILE",
-            (Some(_), _) if self.dev_secret => {
-                return Ok(Outcome::Fixed(
-                    "the --dev secret is generated once per start",
-                ));
-            }
-            (Some(_), _) => {
-                return Ok(Outcome::Fixed(
-                    "JWT_SECRET is read once at start; use JWT_SECRET_FILE to rotate it on SIGHUP",
-                ));
-            }
+        if !reloadable(&self.cfg) {
+            return Ok(Outcome::Fixed(if self.dev_secret {
+                "the --dev secret is generated once per start"
+            } else {
+                "JWT_SECRET is read once at start; use JWT_SECRET_FILE to rotate it on SIGHUP"
+            }));
+        }
+        let source = match alg.min_secret_bytes() {
+            None => "JWT_PUBLIC_KEY_FILE",
+            Some(_) => "JWT_SECRET_FILE",
         };
         let auth = authenticator(&self.cfg, None).map_err(|e| e.to_string())?;
-        self.shared.auth.replace(auth);
+        if !self.shared.auth.replace(auth) {
+            return Err("the verifier in force was built as not reloadable".into());
+        }
         Ok(Outcome::Applied(format!("{alg} key from {source}")))
     }
 }

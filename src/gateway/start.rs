@@ -214,7 +214,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
 
     let metrics = Metrics::new(shards, driver.as_str());
     let shared = Arc::new(Shared::new(
-        auth,
+        super::keys::verifier(cfg, auth),
         Slots::new(max_connections, cfg.fd_reserve),
         shards,
         metrics.clone(),

@@ -38,14 +38,14 @@ pub struct Shared {
 impl Shared {
     /// Builds the shared state.
     pub fn new(
-        auth: Authenticator,
+        auth: Verifier,
         slots: Slots,
         shard_count: usize,
         metrics: Arc<Metrics>,
         drain_period: Duration,
     ) -> Self {
         Self {
-            auth: Verifier::new(auth),
+            auth,
             slots: Arc::new(slots),
             shard_count,
             draining: Arc::new(AtomicBool::new(false)),
@@ -60,15 +60,33 @@ impl Shared {
     }
 }
 
-/// The token verifier in force. A reload swaps in a new one for the next handshakes; a
+/// The token verifier in force. A key from a source that cannot change (`JWT_SECRET`, `--dev`)
+/// is [`Verifier::fixed`] and costs nothing more than the verification itself. A key from a file
+/// is [`Verifier::reloadable`]: a reload swaps in a new verifier for the next handshakes, while a
 /// handshake in progress finishes with the one it loaded. Loading it takes no lock and writes no
-/// shared cache line, so shards verifying in parallel do not contend.
-pub struct Verifier(ArcSwap<Authenticator>);
+/// shared cache line (tens of nanoseconds, against microseconds for a verification), so shards
+/// verifying in parallel do not contend.
+pub struct Verifier(Source);
+
+/// Where a [`Verifier`] keeps its authenticator. (One per process: its size does not matter,
+/// and boxing the fixed one would add an indirection to every handshake.)
+#[allow(clippy::large_enum_variant)]
+enum Source {
+    /// Never replaced.
+    Fixed(Authenticator),
+    /// Replaced on reload.
+    Reloadable(ArcSwap<Authenticator>),
+}
 
 impl Verifier {
-    /// Starts with `auth`.
-    pub fn new(auth: Authenticator) -> Self {
-        Self(ArcSwap::from_pointee(auth))
+    /// A verifier that is never replaced.
+    pub fn fixed(auth: Authenticator) -> Self {
+        Self(Source::Fixed(auth))
+    }
+
+    /// A verifier that [`Self::replace`] can swap.
+    pub fn reloadable(auth: Authenticator) -> Self {
+        Self(Source::Reloadable(ArcSwap::from_pointee(auth)))
     }
 
     /// Verifies `token` with the verifier in force.
@@ -77,12 +95,22 @@ impl Verifier {
     ///
     /// Why the token is refused ([`Authenticator::verify`]).
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
-        self.0.load().verify(token)
+        match &self.0 {
+            Source::Fixed(auth) => auth.verify(token),
+            Source::Reloadable(swap) => swap.load().verify(token),
+        }
     }
 
-    /// Puts `auth` in force for every later handshake.
-    pub fn replace(&self, auth: Authenticator) {
-        self.0.store(Arc::new(auth));
+    /// Puts `auth` in force for every later handshake; `false` (and no change) for a fixed
+    /// verifier.
+    pub fn replace(&self, auth: Authenticator) -> bool {
+        match &self.0 {
+            Source::Fixed(_) => false,
+            Source::Reloadable(swap) => {
+                swap.store(Arc::new(auth));
+                true
+            }
+        }
     }
 }
 
