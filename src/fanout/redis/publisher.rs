@@ -20,6 +20,10 @@
 //! Every wait is bounded by `PUBLISH_TIMEOUT` in total (connecting, loading the script, the
 //! reply); redis-rs's own response timeout (500 ms by default) is switched off so the
 //! documented value is the real one.
+//!
+//! Where issue 10's `Idempotency-Key` fits: the same script can `SET key result NX EX ttl`
+//! before publishing and return the stored result instead when the key exists, atomically with
+//! the PUBLISHes, so a retry after a 504 publishes nothing twice.
 
 use std::time::Duration;
 
