@@ -1,6 +1,7 @@
 # chat4all-gateway container image.
 #   docker build -t chat4all-gateway .
-#   docker run --rm -p 8085:8085 -e JWT_SECRET=... -e REDIS_HOST=... \
+#   docker run --rm -p 8085:8085 -p 127.0.0.1:9095:9095 -e JWT_SECRET=... -e PUBLISH_API_KEY=... \
+#     -e REDIS_HOST=... \
 #     --ulimit nofile=1048576:1048576 --security-opt seccomp=tuning/seccomp-io_uring.json \
 #     chat4all-gateway
 # Without that seccomp profile Docker's default one refuses io_uring_setup and the gateway runs on
@@ -43,7 +44,11 @@ RUN apt-get update \
 COPY --from=builder /out/chat4all-gateway /usr/local/bin/chat4all-gateway
 
 # Inside a container both listeners must bind all interfaces to be reachable through published
-# ports; publish METRICS_PORT on loopback or an internal network only (it serves /v1/publish).
+# ports; publish METRICS_PORT on loopback or an internal network only. Because the internal port
+# is not on loopback here, the gateway refuses to start without PUBLISH_API_KEY (exit 64), which
+# /v1/publish then requires as `Authorization: Bearer`; /healthz, /readyz and /metrics need none.
+# To run without a key, bind it to loopback consciously: -e METRICS_BIND_HOST=127.0.0.1 (only the
+# HEALTHCHECK below can reach it then).
 ENV WEBSOCKET_PORT=8085 \
     METRICS_PORT=9095 \
     BIND_HOST=0.0.0.0 \

@@ -32,6 +32,12 @@ pub const EXIT_CONFIG: i32 = 64;
 /// Upper bound for `SHARDS`: more shards than this is a typo, not a machine.
 pub const MAX_SHARDS: usize = 1024;
 
+/// Lower bound for `FD_RESERVE`.
+const MIN_FD_RESERVE: usize = 16;
+
+/// Upper bound for `PUBLISH_MAX_USERS`.
+pub const MAX_PUBLISH_USERS: usize = 10_000;
+
 const MIB: usize = 1024 * 1024;
 
 /// A configuration problem. `Display` is one line per problem, naming the variable and flag.
@@ -157,10 +163,24 @@ pub struct Config {
 
     /// Address the internal (metrics, health, publish) listener binds.
     ///
-    /// Separate from BIND_HOST so the internal port can be limited to a private interface.
+    /// Loopback by default: the publish API can push a notification to any user. Any other
+    /// address requires PUBLISH_API_KEY.
     #[arg(long, env = "METRICS_BIND_HOST", value_parser = parse_ip)]
-    #[arg(default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    #[arg(default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub metrics_bind_host: IpAddr,
+
+    /// Concurrent connections on the internal port (4 to FD_RESERVE / 2).
+    ///
+    /// When full, the oldest connection not in the middle of a publish is closed to make room,
+    /// so health probes and publishers always get in and the port never eats the descriptors
+    /// the shards need.
+    #[arg(long, env = "CONTROL_MAX_CONNECTIONS", default_value_t = 32, value_parser = parse_usize)]
+    pub control_max_connections: usize,
+
+    /// Time an internal-port client has to send its request headers, and then its whole body
+    /// (at most 300s). Also closes keep-alive connections idle for this long.
+    #[arg(long, env = "CONTROL_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub control_read_timeout: Duration,
 
     /// HTTP path clients upgrade on (starts with '/', no query, no whitespace).
     #[arg(long, env = "WS_PATH", default_value = "/notifications")]
@@ -170,6 +190,12 @@ pub struct Config {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// File holding the HMAC secret instead of JWT_SECRET (one trailing newline is ignored).
+    ///
+    /// Re-read on SIGHUP, so the secret can be rotated without a restart.
+    #[arg(long, env = "JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
     /// Token signature algorithm: HS256, HS384, HS512, RS256 or ES256 (case-insensitive).
     ///
     /// Tokens signed with any other algorithm are refused, which blocks algorithm-confusion
@@ -177,7 +203,7 @@ pub struct Config {
     #[arg(long, env = "JWT_ALGORITHM", default_value = "HS256", value_parser = parse_jwt_algorithm)]
     pub jwt_algorithm: Algorithm,
 
-    /// PEM public key file for RS256/ES256 tokens.
+    /// PEM public key file for RS256/ES256 tokens. Re-read on SIGHUP.
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
 
@@ -289,15 +315,40 @@ pub struct Config {
     #[arg(long, env = "LISTEN_BACKLOG", default_value_t = 65_535, value_parser = parse_u32)]
     pub listen_backlog: u32,
 
-    /// API key the publish endpoint requires as a Bearer token (unset or empty: no check).
+    /// API key the publish endpoint requires as a Bearer token (unset or empty: no check, which
+    /// is allowed only while METRICS_BIND_HOST is a loopback address).
     #[arg(long, env = "PUBLISH_API_KEY", hide_env_values = true)]
     pub publish_api_key: Option<String>,
 
     /// Largest publish API request body, in bytes.
     ///
-    /// Memory cost: one body of this size per in-flight publish request.
+    /// Memory cost: about one body of this size per in-flight publish request.
     #[arg(long, env = "MAX_PUBLISH_BYTES", default_value_t = 1_048_576, value_parser = parse_usize)]
     pub max_publish_bytes: usize,
+
+    /// Most user ids one publish request may address (1 to 10000); more is refused with 413.
+    #[arg(long, env = "PUBLISH_MAX_USERS", default_value_t = 1000, value_parser = parse_usize)]
+    pub publish_max_users: usize,
+
+    /// Most bytes one publish request may fan out: payload bytes x user ids (at least
+    /// MAX_PUBLISH_BYTES); more is refused with 413.
+    ///
+    /// With Redis, each gateway subscribed by pattern receives all of it at once in its pub/sub
+    /// output buffer, which Redis cuts at 32 MB by default (client-output-buffer-limit pubsub).
+    #[arg(long, env = "PUBLISH_MAX_FANOUT_BYTES", default_value_t = 8 * MIB, value_parser = parse_usize)]
+    pub publish_max_fanout_bytes: usize,
+
+    /// Body bytes all publish requests in progress may hold together (at least
+    /// MAX_PUBLISH_BYTES); a request that would exceed it is refused with 429.
+    ///
+    /// Memory cost: bounds the publish API's memory to about this much.
+    #[arg(long, env = "PUBLISH_MAX_INFLIGHT_BYTES", default_value_t = 16 * MIB, value_parser = parse_usize)]
+    pub publish_max_inflight_bytes: usize,
+
+    /// How long a publish waits for Redis's answer (or, without Redis, for the shards') before
+    /// answering 504 outcome_unknown (at most 60s).
+    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
 
     /// Redis host to subscribe to (unset, with REDIS_URL and REDIS_SENTINELS unset: no Redis).
     #[arg(long, env = "REDIS_HOST")]
@@ -341,6 +392,11 @@ pub struct Config {
     /// Log format on stderr: text or json. Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// File holding the log filter (RUST_LOG syntax), used instead of RUST_LOG and re-read on
+    /// SIGHUP, so verbosity can change without a restart.
+    #[arg(long, env = "LOG_FILTER_FILE")]
+    pub log_filter_file: Option<PathBuf>,
 
     /// Time allowed on SIGTERM for connections to close before exit: seconds ("10") or a duration.
     ///
@@ -391,12 +447,14 @@ impl Config {
                 *field = None;
             }
         }
-        if self
-            .jwt_public_key_file
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            self.jwt_public_key_file = None;
+        for path in [
+            &mut self.jwt_public_key_file,
+            &mut self.jwt_secret_file,
+            &mut self.log_filter_file,
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                *path = None;
+            }
         }
     }
 
@@ -419,6 +477,7 @@ impl Config {
         if let Err(message) = check_ws_path(&self.ws_path) {
             bad("ws_path", message);
         }
+        self.validate_control(&mut bad);
         // (argument id, value, minimum, maximum)
         let ranges = [
             ("shards", self.shards.unwrap_or(1), 1, MAX_SHARDS),
@@ -454,7 +513,13 @@ impl Config {
                 1,
                 usize::MAX,
             ),
-            ("fd_reserve", self.fd_reserve, 16, usize::MAX),
+            ("fd_reserve", self.fd_reserve, MIN_FD_RESERVE, usize::MAX),
+            (
+                "publish_max_users",
+                self.publish_max_users,
+                1,
+                MAX_PUBLISH_USERS,
+            ),
         ];
         for (id, value, min, max) in ranges {
             if value < min {
@@ -463,17 +528,26 @@ impl Config {
                 bad(id, format!("{value} is above the maximum {max}"));
             }
         }
-        for (id, value) in [
-            ("handshake_timeout", self.handshake_timeout),
-            ("idle_timeout", self.idle_timeout),
-            ("close_timeout", self.close_timeout),
+        for (id, value, max) in [
+            ("handshake_timeout", self.handshake_timeout, Some(300)),
+            ("idle_timeout", self.idle_timeout, None),
+            ("close_timeout", self.close_timeout, None),
+            ("control_read_timeout", self.control_read_timeout, Some(300)),
+            ("publish_timeout", self.publish_timeout, Some(60)),
         ] {
             if value.is_zero() {
                 bad(id, "must be greater than 0".into());
+            } else if let Some(max) = max.filter(|&m| value > Duration::from_secs(m)) {
+                bad(id, format!("must be at most {max}s"));
             }
         }
-        if self.handshake_timeout > Duration::from_secs(300) {
-            bad("handshake_timeout", "must be at most 300s".into());
+        if let Some(path) = &self.log_filter_file
+            && let Err(e) = std::fs::read_to_string(path)
+        {
+            bad(
+                "log_filter_file",
+                format!("cannot read '{}': {e}", path.display()),
+            );
         }
         self.validate_redis(&mut bad);
         match problems.len() {
@@ -483,18 +557,85 @@ impl Config {
         }
     }
 
+    /// The internal port: secure by default, and unable to take the shards' descriptors.
+    fn validate_control(&self, bad: &mut impl FnMut(&str, String)) {
+        let host = self.metrics_bind_host;
+        if !host.to_canonical().is_loopback() && self.publish_api_key.is_none() {
+            bad(
+                "metrics_bind_host",
+                format!(
+                    "{host} is not a loopback address and PUBLISH_API_KEY (--publish-api-key) is \
+                     unset: anyone who can reach METRICS_PORT could publish to any user; set \
+                     PUBLISH_API_KEY, or bind METRICS_BIND_HOST to 127.0.0.1"
+                ),
+            );
+        }
+        let body = self.max_publish_bytes;
+        for (id, value) in [
+            ("publish_max_fanout_bytes", self.publish_max_fanout_bytes),
+            (
+                "publish_max_inflight_bytes",
+                self.publish_max_inflight_bytes,
+            ),
+        ] {
+            if value < body {
+                bad(
+                    id,
+                    format!("{value} is below MAX_PUBLISH_BYTES ({body}), the largest body"),
+                );
+            }
+        }
+        let (max, reserve) = (self.control_max_connections, self.fd_reserve);
+        if max < 4 {
+            bad(
+                "control_max_connections",
+                format!("{max} is below the minimum 4"),
+            );
+        } else if max > reserve / 2 && reserve >= MIN_FD_RESERVE {
+            // (An FD_RESERVE below its own minimum is reported once, as itself.)
+            bad(
+                "control_max_connections",
+                format!(
+                    "{max} is above half of FD_RESERVE ({reserve}): the internal port's \
+                     connections must leave the descriptor reserve its share; raise FD_RESERVE \
+                     (--fd-reserve) with it"
+                ),
+            );
+        }
+    }
+
     fn validate_jwt(&self, bad: &mut impl FnMut(&str, String)) {
         let alg = self.jwt_algorithm;
+        if let (Some(_), Some(_)) = (&self.jwt_secret, &self.jwt_secret_file) {
+            bad(
+                "jwt_secret_file",
+                "JWT_SECRET (--jwt-secret) is also set; set one, not both".into(),
+            );
+            return;
+        }
         if let Some(min) = alg.min_secret_bytes() {
-            match &self.jwt_secret {
-                None if !self.dev => bad(
-                    "jwt_secret",
+            let from_file = self.jwt_secret_file.as_ref().map(|path| {
+                read_secret_file(path).map_err(|e| format!("cannot read '{}': {e}", path.display()))
+            });
+            match (&self.jwt_secret, from_file) {
+                (_, Some(Err(message))) => bad("jwt_secret_file", message),
+                (_, Some(Ok(secret))) if secret.len() < min => bad(
+                    "jwt_secret_file",
                     format!(
-                        "required for {alg} (or --dev / GATEWAY_DEV=true for a generated \
-                         development secret)"
+                        "the secret must be at least {min} bytes for {alg} \
+                         (RFC 7518 section 3.2), got {}",
+                        secret.len()
                     ),
                 ),
-                Some(s) if s.len() < min => bad(
+                (_, Some(Ok(_))) => {}
+                (None, None) if !self.dev => bad(
+                    "jwt_secret",
+                    format!(
+                        "required for {alg} (or JWT_SECRET_FILE, or --dev / GATEWAY_DEV=true \
+                         for a generated development secret)"
+                    ),
+                ),
+                (Some(s), None) if s.len() < min => bad(
                     "jwt_secret",
                     format!(
                         "must be at least {min} bytes for {alg} \
@@ -580,6 +721,10 @@ impl Config {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| UNSET.into());
         let secret = |v: &Option<String>| (if v.is_some() { REDACTED } else { UNSET }).to_string();
         let dur = |d: Duration| humantime::format_duration(d).to_string();
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or_else(|| UNSET.into(), |p| p.display().to_string())
+        };
         let shards = match self.shards {
             Some(s) => s.to_string(),
             None => format!("{} (available parallelism)", self.shard_count()),
@@ -593,15 +738,16 @@ impl Config {
             (n("metrics_port"), self.metrics_port.to_string()),
             (n("bind_host"), self.bind_host.to_string()),
             (n("metrics_bind_host"), self.metrics_bind_host.to_string()),
+            (
+                n("control_max_connections"),
+                self.control_max_connections.to_string(),
+            ),
+            (n("control_read_timeout"), dur(self.control_read_timeout)),
             (n("ws_path"), self.ws_path.clone()),
             (n("jwt_secret"), secret(&self.jwt_secret)),
+            (n("jwt_secret_file"), path(&self.jwt_secret_file)),
             (n("jwt_algorithm"), self.jwt_algorithm.to_string()),
-            (
-                n("jwt_public_key_file"),
-                self.jwt_public_key_file
-                    .as_ref()
-                    .map_or_else(|| UNSET.into(), |p| p.display().to_string()),
-            ),
+            (n("jwt_public_key_file"), path(&self.jwt_public_key_file)),
             (n("jwt_require_exp"), self.jwt_require_exp.to_string()),
             (n("jwt_leeway"), dur(self.jwt_leeway)),
             (n("dev"), self.dev.to_string()),
@@ -634,6 +780,16 @@ impl Config {
             (n("listen_backlog"), self.listen_backlog.to_string()),
             (n("publish_api_key"), secret(&self.publish_api_key)),
             (n("max_publish_bytes"), self.max_publish_bytes.to_string()),
+            (n("publish_max_users"), self.publish_max_users.to_string()),
+            (
+                n("publish_max_fanout_bytes"),
+                self.publish_max_fanout_bytes.to_string(),
+            ),
+            (
+                n("publish_max_inflight_bytes"),
+                self.publish_max_inflight_bytes.to_string(),
+            ),
+            (n("publish_timeout"), dur(self.publish_timeout)),
             (n("redis_host"), opt(&self.redis_host)),
             (n("redis_port"), self.redis_port.to_string()),
             (
@@ -655,6 +811,7 @@ impl Config {
                 dur(self.redis_unsubscribe_grace),
             ),
             (n("log_format"), self.log_format.as_str().into()),
+            (n("log_filter_file"), path(&self.log_filter_file)),
             (n("drain_period"), dur(self.drain_period)),
         ]
     }
@@ -678,6 +835,20 @@ impl fmt::Debug for Config {
 
 const REDACTED: &str = "<redacted>";
 const UNSET: &str = "<unset>";
+
+/// Reads a `JWT_SECRET_FILE`: its bytes, without one trailing newline (`\n` or `\r\n`), so
+/// that `openssl rand -base64 48 > file` works. Validation and every (re)load use this, so they
+/// agree on what the secret is.
+pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let mut secret = std::fs::read(path)?;
+    if secret.ends_with(b"\n") {
+        secret.pop();
+        if secret.ends_with(b"\r") {
+            secret.pop();
+        }
+    }
+    Ok(secret)
+}
 
 /// Parses `REDIS_SENTINELS` ("host:port,host:port") into addresses.
 pub fn parse_sentinels(list: &str) -> Result<Vec<(String, u16)>, String> {
@@ -928,7 +1099,10 @@ mod tests {
         assert_eq!(c.websocket_port, 8085);
         assert_eq!(c.metrics_port, 9095);
         assert_eq!(c.bind_host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        assert_eq!(c.metrics_bind_host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(c.metrics_bind_host, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(c.control_max_connections, 32);
+        assert_eq!(c.control_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.jwt_secret_file, None);
         assert_eq!(c.ws_path, "/notifications");
         assert_eq!(c.jwt_secret, None);
         assert_eq!(c.jwt_algorithm, Algorithm::HS256);
@@ -954,6 +1128,11 @@ mod tests {
         assert_eq!(c.listen_backlog, 65_535);
         assert_eq!(c.publish_api_key, None);
         assert_eq!(c.max_publish_bytes, 1_048_576);
+        assert_eq!(c.publish_max_users, 1000);
+        assert_eq!(c.publish_max_fanout_bytes, 8 * MIB);
+        assert_eq!(c.publish_max_inflight_bytes, 16 * MIB);
+        assert_eq!(c.publish_timeout, Duration::from_secs(2));
+        assert_eq!(c.log_filter_file, None);
         assert_eq!(c.redis_host, None);
         assert_eq!(c.redis_port, 6379);
         assert_eq!(c.redis_url, None);
@@ -994,8 +1173,11 @@ mod tests {
         ("METRICS_PORT", "1235"),
         ("BIND_HOST", "127.0.0.1"),
         ("METRICS_BIND_HOST", "::1"),
+        ("CONTROL_MAX_CONNECTIONS", "20"),
+        ("CONTROL_READ_TIMEOUT", "3s"),
         ("WS_PATH", "/ws"),
         ("JWT_SECRET", "env-secret-0123456789abcdef0123456789"),
+        ("JWT_SECRET_FILE", "/etc/jwt-secret"),
         ("JWT_ALGORITHM", "hs512"),
         ("JWT_PUBLIC_KEY_FILE", "/etc/key.pem"),
         ("JWT_REQUIRE_EXP", "no"),
@@ -1018,6 +1200,10 @@ mod tests {
         ("LISTEN_BACKLOG", "128"),
         ("PUBLISH_API_KEY", "env-publish-key"),
         ("MAX_PUBLISH_BYTES", "2048"),
+        ("PUBLISH_MAX_USERS", "50"),
+        ("PUBLISH_MAX_FANOUT_BYTES", "4096"),
+        ("PUBLISH_MAX_INFLIGHT_BYTES", "8192"),
+        ("PUBLISH_TIMEOUT", "750ms"),
         ("REDIS_HOST", "redis.internal"),
         ("REDIS_PORT", "6380"),
         ("REDIS_URL", "redis://:env-redis-password@r:6379"),
@@ -1028,6 +1214,7 @@ mod tests {
         ("REDIS_PASSWORD", "env-redis-pass"),
         ("REDIS_UNSUBSCRIBE_GRACE", "2s"),
         ("LOG_FORMAT", "json"),
+        ("LOG_FILTER_FILE", "/etc/log-filter"),
         ("DRAIN_SECONDS", "7"),
     ];
 
@@ -1051,6 +1238,14 @@ mod tests {
         assert_eq!(c.metrics_port, 1235);
         assert_eq!(c.bind_host.to_string(), "127.0.0.1");
         assert_eq!(c.metrics_bind_host.to_string(), "::1");
+        assert_eq!(c.control_max_connections, 20);
+        assert_eq!(c.control_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.jwt_secret_file, Some(PathBuf::from("/etc/jwt-secret")));
+        assert_eq!(c.log_filter_file, Some(PathBuf::from("/etc/log-filter")));
+        assert_eq!(c.publish_max_users, 50);
+        assert_eq!(c.publish_max_fanout_bytes, 4096);
+        assert_eq!(c.publish_max_inflight_bytes, 8192);
+        assert_eq!(c.publish_timeout, Duration::from_millis(750));
         assert_eq!(c.ws_path, "/ws");
         assert_eq!(
             c.jwt_secret.as_deref(),
@@ -1345,6 +1540,92 @@ mod tests {
         expect_invalid("REDIS_CHANNEL_PREFIX", "glob", |c| {
             c.redis_channel_prefix = "n:*".into()
         });
+        expect_invalid("CONTROL_MAX_CONNECTIONS", "minimum 4", |c| {
+            c.control_max_connections = 3
+        });
+        expect_invalid("CONTROL_MAX_CONNECTIONS", "half of FD_RESERVE (64)", |c| {
+            c.control_max_connections = 33
+        });
+        expect_invalid("CONTROL_READ_TIMEOUT", "greater than 0", |c| {
+            c.control_read_timeout = Duration::ZERO
+        });
+        expect_invalid("CONTROL_READ_TIMEOUT", "at most 300s", |c| {
+            c.control_read_timeout = Duration::from_secs(301)
+        });
+        expect_invalid("PUBLISH_TIMEOUT", "at most 60s", |c| {
+            c.publish_timeout = Duration::from_secs(61)
+        });
+        expect_invalid("PUBLISH_MAX_USERS", "minimum 1", |c| {
+            c.publish_max_users = 0
+        });
+        expect_invalid("PUBLISH_MAX_USERS", "maximum 10000", |c| {
+            c.publish_max_users = 10_001
+        });
+        expect_invalid("PUBLISH_MAX_FANOUT_BYTES", "below MAX_PUBLISH_BYTES", |c| {
+            c.publish_max_fanout_bytes = c.max_publish_bytes - 1
+        });
+        expect_invalid(
+            "PUBLISH_MAX_INFLIGHT_BYTES",
+            "below MAX_PUBLISH_BYTES",
+            |c| c.publish_max_inflight_bytes = c.max_publish_bytes - 1,
+        );
+        expect_invalid("LOG_FILTER_FILE", "cannot read", |c| {
+            c.log_filter_file = Some(PathBuf::from("/nonexistent/filter"))
+        });
+        expect_invalid("JWT_SECRET_FILE", "also set", |c| {
+            c.jwt_secret_file = Some(PathBuf::from(dir).join("Cargo.toml"))
+        });
+        expect_invalid("JWT_SECRET_FILE", "cannot read", |c| {
+            c.jwt_secret = None;
+            c.jwt_secret_file = Some(PathBuf::from("/nonexistent/secret"));
+        });
+    }
+
+    #[test]
+    fn a_non_loopback_internal_port_needs_a_publish_key() {
+        for host in ["0.0.0.0", "10.1.2.3", "::", "::ffff:10.0.0.1"] {
+            let mut c = valid();
+            c.metrics_bind_host = host.parse().unwrap();
+            let msg = c.validate().expect_err(host).to_string();
+            assert!(
+                msg.starts_with("invalid METRICS_BIND_HOST (--metrics-bind-host): ")
+                    && msg.contains("PUBLISH_API_KEY")
+                    && !msg.contains('\n'),
+                "{msg}"
+            );
+            c.publish_api_key = Some("k".into());
+            c.validate().unwrap();
+        }
+        for host in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            let mut c = valid();
+            c.metrics_bind_host = host.parse().unwrap();
+            c.validate().unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+    }
+
+    #[test]
+    fn secret_file_replaces_jwt_secret_and_loses_one_trailing_newline() {
+        let dir = std::env::temp_dir().join(format!("chat4all-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        let mut c = valid();
+        c.jwt_secret = None;
+        c.jwt_secret_file = Some(file.clone());
+        std::fs::write(&file, format!("{SECRET}\r\n")).unwrap();
+        assert_eq!(read_secret_file(&file).unwrap(), SECRET.as_bytes());
+        c.validate().unwrap();
+        // 31 bytes plus a newline is still too short for HS256.
+        std::fs::write(&file, format!("{}\n", &SECRET[..31])).unwrap();
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("JWT_SECRET_FILE") && msg.contains("got 31"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains(&SECRET[..31]),
+            "never echoes the secret: {msg}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -1416,7 +1697,7 @@ mod tests {
         }
         c.jwt_secret = None;
         assert_eq!(
-            c.redacted_summary()[5],
+            c.redacted_summary()[7],
             ("JWT_SECRET", "<unset>".to_string())
         );
 

@@ -5,14 +5,17 @@
 //! ```text
 //!  A client connecting                          A notification going out
 //!  -------------------                          ------------------------
-//!  TCP accept on any shard's SO_REUSEPORT       POST /v1/publish (control::server, body
+//!  TCP accept on any shard's SO_REUSEPORT       POST /v1/publish (control::routes, body
 //!  listener (shard::accept)                     parsed by control::publish) or Redis
 //!        |                                      PUBLISH notifications:{user}
 //!  reserve a slot against MAX_CONNECTIONS             |
-//!  (shard::shared), read + parse the upgrade    publish API: validate + normalise once into
-//!  request (shard::admission ->                 one text frame (proto::payload); Redis: the
-//!  proto::upgrade), verify the JWT              subscriber (fanout::redis::subscriber) only
-//!  (proto::jwt -> proto::user)                  routes the raw payload
+//!  (shard::shared), read + parse the upgrade    publish API, single node: validate +
+//!  request (shard::admission ->                 normalise once into one text frame
+//!  proto::upgrade), verify the JWT              (fanout::broker -> proto::payload); with
+//!  (proto::jwt -> proto::user; the verifier     Redis: one EVALSHA fans the raw payload out
+//!  is swapped on SIGHUP, gateway::keys)         (fanout::redis::publisher), and the
+//!        |                                      subscriber (fanout::redis::subscriber) only
+//!        |                                      routes the raw payload
 //!        |                                            |
 //!  owner shard = hash(user) (fanout::route)     one producer thread (local dispatcher or
 //!        |-- other shard: hand the socket and   Redis subscriber): route by user hash
@@ -32,8 +35,9 @@
 //! # Layers
 //!
 //! Dependencies point down only: `gateway` (wiring) -> `control` -> `shard` -> `fanout` ->
-//! `metrics`, `config` -> `proto`, `net`. [`proto`] is pure (no I/O, nothing else from this
-//! crate); [`net`] is the thin OS layer and the only module allowed `unsafe`.
+//! `metrics`, `config`, `telemetry` -> `proto`, `net`, `reload`. [`proto`] is pure (no I/O,
+//! nothing else from this crate); [`net`] is the thin OS layer and the only module allowed
+//! `unsafe`; `reload` is the SIGHUP contract any layer can implement.
 //!
 //! Each shard is one thread pinned to one core running a monoio runtime (io_uring, or epoll where
 //! io_uring is unavailable), and owns its connections outright. Idle connections hold no buffer:
@@ -61,6 +65,7 @@ pub(crate) mod metrics;
 #[allow(unsafe_code)]
 pub(crate) mod net;
 pub(crate) mod proto;
+pub(crate) mod reload;
 pub(crate) mod shard;
 pub(crate) mod telemetry;
 

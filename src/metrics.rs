@@ -184,6 +184,42 @@ label_enum! {
     }
 }
 
+label_enum! {
+    /// Why the internal port closed a connection itself (`reason` label).
+    ControlDrop("reason") {
+        /// No complete request headers, or no complete body, within CONTROL_READ_TIMEOUT.
+        ReadTimeout => "read_timeout",
+        /// Closed to make room for a new connection at CONTROL_MAX_CONNECTIONS.
+        Evicted => "evicted",
+        /// A new connection refused (503) because every open one was busy publishing.
+        Refused => "refused",
+    }
+}
+
+label_enum! {
+    /// The status of a `POST /v1/publish` answer (`status` label).
+    PublishStatus("status") {
+        /// Published.
+        Ok => "200",
+        /// The body is malformed.
+        BadRequest => "400",
+        /// Missing or wrong API key.
+        Unauthorized => "401",
+        /// The body did not arrive within CONTROL_READ_TIMEOUT.
+        Timeout => "408",
+        /// Body, user ids or fan-out over their caps.
+        TooLarge => "413",
+        /// PUBLISH_MAX_INFLIGHT_BYTES in use by other requests.
+        TooMany => "429",
+        /// Redis refused some channels and published the others.
+        Partial => "502",
+        /// Not delivered (overloaded, or Redis unreachable or refusing): retry is safe.
+        NotDelivered => "503",
+        /// Redis did not answer in time: it may or may not have been published.
+        Unknown => "504",
+    }
+}
+
 /// Delivery latency histogram upper bounds, in microseconds (plus an implicit `+Inf`).
 pub const LATENCY_BUCKETS_US: [u64; 13] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
@@ -385,6 +421,15 @@ pub struct GlobalStats {
     pub notifications_dropped: [AtomicU64; DropReason::N],
     /// Requests to the publish API.
     pub publish_requests: AtomicU64,
+    /// Publish API answers by [`PublishStatus`].
+    pub publish_responses: [AtomicU64; PublishStatus::N],
+    /// Body bytes publish requests in progress hold (their share of
+    /// `PUBLISH_MAX_INFLIGHT_BYTES`; the budget's own counter).
+    pub publish_inflight_bytes: AtomicI64,
+    /// Open connections on the internal port.
+    pub control_connections: AtomicI64,
+    /// Internal-port connections closed by the gateway, by [`ControlDrop`].
+    pub control_drops: [AtomicU64; ControlDrop::N],
     /// Readiness for the health endpoint (not exported as a metric).
     pub ready: AtomicBool,
 }
@@ -400,6 +445,18 @@ impl GlobalStats {
     #[inline]
     pub fn inc_drop(&self, r: DropReason, n: u64) {
         self.notifications_dropped[r as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Counts a publish API answer.
+    #[inline]
+    pub fn inc_publish_response(&self, s: PublishStatus) {
+        self.publish_responses[s as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts an internal-port connection the gateway closed itself.
+    #[inline]
+    pub fn inc_control_drop(&self, r: ControlDrop) {
+        self.control_drops[r as usize].fetch_add(1, Relaxed);
     }
 
     /// Sets the `redis_connected` gauge.
@@ -532,6 +589,19 @@ const REDIS_ERRORS: Family = ("redis_errors", "Redis failures by type.");
 const REDIS_CONNECTED: Family = ("redis_connected", "1 while subscribed to Redis, else 0.");
 const REDIS_RECONNECTS: Family = ("redis_reconnects", "Redis reconnections after a failure.");
 const PUBLISH: Family = ("publish_requests", "Requests to the publish API.");
+const PUBLISH_RESPONSES: Family = ("publish_responses", "Publish API answers by HTTP status.");
+const PUBLISH_INFLIGHT: Family = (
+    "publish_inflight_bytes",
+    "Body bytes held by publish requests in progress.",
+);
+const CONTROL_CONNECTIONS: Family = (
+    "control_connections_active",
+    "Open connections on the internal port.",
+);
+const CONTROL_DROPS: Family = (
+    "control_connections_dropped",
+    "Internal-port connections closed by the gateway, by reason.",
+);
 const BUILD: Family = (
     "chat4all_gateway_build_info",
     "Build and runtime information; always 1.",
@@ -604,6 +674,10 @@ impl Collector for GatewayCollector {
         gauge(e, REDIS_CONNECTED, &g.redis_connected)?;
         counter(e, REDIS_RECONNECTS, &g.redis_reconnects)?;
         counter(e, PUBLISH, &g.publish_requests)?;
+        labelled::<PublishStatus>(e, PUBLISH_RESPONSES, &g.publish_responses)?;
+        gauge(e, PUBLISH_INFLIGHT, &g.publish_inflight_bytes)?;
+        gauge(e, CONTROL_CONNECTIONS, &g.control_connections)?;
+        labelled::<ControlDrop>(e, CONTROL_DROPS, &g.control_drops)?;
         let shards = self.shards.len().to_string();
         let build = [
             ("version", env!("CARGO_PKG_VERSION")),
@@ -621,7 +695,7 @@ mod tests {
     use super::*;
 
     /// (family name as in `# HELP`/`# TYPE`, type) for every exported family.
-    const FAMILIES: [(&str, &str); 19] = [
+    const FAMILIES: [(&str, &str); 23] = [
         ("websocket_connections_active", "gauge"),
         ("websocket_connections_per_shard", "gauge"),
         ("notifications_sent", "counter"),
@@ -640,6 +714,10 @@ mod tests {
         ("redis_connected", "gauge"),
         ("redis_reconnects", "counter"),
         ("publish_requests", "counter"),
+        ("publish_responses", "counter"),
+        ("publish_inflight_bytes", "gauge"),
+        ("control_connections_active", "gauge"),
+        ("control_connections_dropped", "counter"),
         ("chat4all_gateway_build_info", "gauge"),
     ];
 

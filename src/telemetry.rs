@@ -1,35 +1,113 @@
 //! Logging setup: `tracing` events to stderr as text or JSON lines.
 //!
-//! Verbosity comes from `RUST_LOG` (default `info`); the format from `LOG_FORMAT`
+//! Verbosity comes from `LOG_FILTER_FILE` when set (re-read on SIGHUP through [`FilterReload`]),
+//! else from `RUST_LOG` (read once; default `info`); the format from `LOG_FORMAT`
 //! ([`LogFormat`]). Never log a token, and never a line per notification at `info`.
 
-use tracing_subscriber::EnvFilter;
+use std::path::{Path, PathBuf};
 
-use crate::config::LogFormat;
+use tracing_subscriber::{
+    EnvFilter, Registry, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
+};
 
-/// Filter used when `RUST_LOG` is unset or invalid.
+use crate::{
+    config::LogFormat,
+    reload::{Outcome, Reload},
+};
+
+/// Filter used when `RUST_LOG` is unset or invalid, or the filter file is empty.
 const DEFAULT_FILTER: &str = "info";
 
 /// Installs the global subscriber. Safe to call more than once: later calls (and calls after
-/// another subscriber was installed, as in tests) are ignored.
-pub fn init(format: LogFormat) {
-    let (filter, bad_rust_log) = match std::env::var(EnvFilter::DEFAULT_ENV) {
-        Ok(spec) => match EnvFilter::try_new(&spec) {
-            Ok(filter) => (filter, None),
-            Err(e) => (EnvFilter::new(DEFAULT_FILTER), Some(e)),
+/// another subscriber was installed, as in tests) are ignored and return `Ok(None)`.
+///
+/// # Errors
+///
+/// `filter_file` cannot be read or does not hold a valid filter: one line naming
+/// `LOG_FILTER_FILE`, for the caller to print before exiting 64.
+pub fn init(format: LogFormat, filter_file: Option<&Path>) -> Result<Option<FilterReload>, String> {
+    let (filter, bad_rust_log) = match filter_file {
+        Some(path) => (
+            read_filter(path)
+                .map_err(|e| format!("invalid LOG_FILTER_FILE (--log-filter-file): {e}"))?
+                .0,
+            None,
+        ),
+        None => match std::env::var(EnvFilter::DEFAULT_ENV) {
+            Ok(spec) => match EnvFilter::try_new(&spec) {
+                Ok(filter) => (filter, None),
+                Err(e) => (EnvFilter::new(DEFAULT_FILTER), Some(e)),
+            },
+            Err(_) => (EnvFilter::new(DEFAULT_FILTER), None),
         },
-        Err(_) => (EnvFilter::new(DEFAULT_FILTER), None),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    // `try_init` also routes `log` records (rustls, redis) into `tracing`.
     let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .try_init(),
     };
-    if let (Ok(()), Some(error)) = (installed, bad_rust_log) {
+    if installed.is_err() {
+        return Ok(None);
+    }
+    if let Some(error) = bad_rust_log {
         let default = DEFAULT_FILTER;
         tracing::warn!(%error, default, "invalid RUST_LOG; using the default filter");
+    }
+    Ok(Some(FilterReload {
+        handle,
+        path: filter_file.map(Path::to_path_buf),
+    }))
+}
+
+/// Reads a filter file: lines in `RUST_LOG` syntax, `#` comments and blank lines ignored, the
+/// rest joined with commas; empty means [`DEFAULT_FILTER`]. Returns the filter and its text.
+fn read_filter(path: &Path) -> Result<(EnvFilter, String), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
+    let spec: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let spec = match spec.join(",") {
+        s if s.is_empty() => DEFAULT_FILTER.to_string(),
+        s => s,
+    };
+    let filter = EnvFilter::try_new(&spec)
+        .map_err(|e| format!("'{}' holds an invalid filter {spec:?}: {e}", path.display()))?;
+    Ok((filter, spec))
+}
+
+/// The log filter as a [`Reload`] part: SIGHUP re-reads `LOG_FILTER_FILE`.
+pub struct FilterReload {
+    /// Swaps the filter of the installed subscriber.
+    handle: reload::Handle<EnvFilter, Registry>,
+    /// `LOG_FILTER_FILE`, if set.
+    path: Option<PathBuf>,
+}
+
+impl Reload for FilterReload {
+    fn name(&self) -> &'static str {
+        "log filter"
+    }
+
+    fn reload(&self) -> Result<Outcome, String> {
+        let Some(path) = &self.path else {
+            return Ok(Outcome::Fixed(
+                "RUST_LOG is read once at start; set LOG_FILTER_FILE to change the filter on SIGHUP",
+            ));
+        };
+        let (filter, spec) = read_filter(path)?;
+        self.handle
+            .reload(filter)
+            .map_err(|e| format!("cannot install the new filter: {e}"))?;
+        Ok(Outcome::Applied(spec))
     }
 }
 
@@ -39,8 +117,27 @@ mod tests {
 
     #[test]
     fn init_twice_is_harmless() {
-        init(LogFormat::Json);
-        init(LogFormat::Text);
+        let _ = init(LogFormat::Json, None);
+        assert!(init(LogFormat::Text, None).unwrap().is_none());
         tracing::info!(check = true, "telemetry initialised");
+    }
+
+    #[test]
+    fn filter_files_join_lines_skip_comments_and_default_when_empty() {
+        let dir = std::env::temp_dir().join(format!("chat4all-filter-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("filter");
+        std::fs::write(&file, "# verbosity\nwarn\n\n chat4all_gateway=debug \n").unwrap();
+        assert_eq!(read_filter(&file).unwrap().1, "warn,chat4all_gateway=debug");
+        std::fs::write(&file, "# nothing\n").unwrap();
+        assert_eq!(read_filter(&file).unwrap().1, "info");
+        std::fs::write(&file, "chat4all_gateway=loud").unwrap();
+        assert!(read_filter(&file).unwrap_err().contains("invalid filter"));
+        assert!(
+            read_filter(&dir.join("missing"))
+                .unwrap_err()
+                .contains("cannot read")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,14 +1,28 @@
 //! The binary's configuration contract: `--check-config`, exit code 64 with one clear line for
-//! bad configuration, and `--dev` start-up.
+//! bad configuration, a secure default for the internal port, the shipped configurations, `--dev`
+//! start-up, and the descriptor reserve. Every process a test starts is stopped by PID.
+
+mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_chat4all-gateway");
+use common::process::{BIN, PATIENCE, Spawn, http, metric, wait_until};
+
 const SECRET: &str = "cli-test-secret-0123456789abcdef0123456789";
+
+/// Kills (by PID) and reaps a child when dropped, whatever the test's outcome.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// The binary with a clean environment (no inherited gateway variables).
 fn gateway() -> Command {
@@ -85,26 +99,28 @@ fn bad_configuration_exits_64_naming_the_variable() {
 
 #[test]
 fn dev_mode_starts_and_prints_a_working_url_and_publish_command() {
-    let mut child = gateway()
-        .args(["--dev", "--websocket-port", "0", "--metrics-port", "0"])
-        .args([
-            "--bind-host",
-            "127.0.0.1",
-            "--metrics-bind-host",
-            "127.0.0.1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = Reaped(
+        gateway()
+            .args(["--dev", "--websocket-port", "0", "--metrics-port", "0"])
+            .args([
+                "--bind-host",
+                "127.0.0.1",
+                "--metrics-bind-host",
+                "127.0.0.1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + PATIENCE;
     let (mut url, mut curl) = (None, None);
     while Instant::now() < deadline && (url.is_none() || curl.is_none()) {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
@@ -151,182 +167,145 @@ fn dev_mode_starts_and_prints_a_working_url_and_publish_command() {
             .into_text()
             .unwrap()
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(delivered.contains(r#""text":"hello""#), "{delivered}");
 }
 
-/// Starts the binary on ephemeral ports and returns it with its WebSocket and control ports
-/// (read from the startup log).
-fn spawn_gateway(drain: &str) -> (std::process::Child, u16, u16) {
-    let mut child = gateway()
-        .env("JWT_SECRET", SECRET)
-        .env("DRAIN_SECONDS", drain)
-        .env("RUST_LOG", "info")
-        .env("LOG_FORMAT", "json")
-        .args(["--websocket-port", "0", "--metrics-port", "0"])
-        .args([
-            "--bind-host",
-            "127.0.0.1",
-            "--metrics-bind-host",
-            "127.0.0.1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let fields = listening_fields(&mut child);
-    (
-        child,
-        port_of(&fields, "websocket"),
-        port_of(&fields, "control"),
-    )
-}
-
-/// Waits (up to 10 s) for the JSON "gateway listening" line on the child's stderr and returns its
-/// fields. Keeps draining stderr afterwards so the child never blocks on a full pipe.
-fn listening_fields(child: &mut std::process::Child) -> serde_json::Value {
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
-            continue;
-        };
-        if line.contains("gateway listening") {
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            return v["fields"].clone();
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the gateway did not report its ports");
-}
-
-/// The port of an address field ("127.0.0.1:8085") of the listening log line.
-fn port_of(fields: &serde_json::Value, key: &str) -> u16 {
-    let addr = fields[key].as_str().unwrap();
-    addr.rsplit(':').next().unwrap().parse().unwrap()
-}
-
-fn signal(child: &std::process::Child, sig: i32) {
-    // SAFETY: plain kill(2) on our own child's PID.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
-}
-
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-fn token(user: &str) -> String {
-    chat4all_gateway::internals::issue_hs256(SECRET.as_bytes(), user, 3600)
+#[test]
+fn the_internal_port_binds_loopback_by_default() {
+    let gw = Spawn::new().start();
+    let control = gw.listening["control"].as_str().unwrap();
+    assert!(control.starts_with("127.0.0.1:"), "{control}");
 }
 
 #[test]
-fn sigterm_drains_with_1001_and_exits_zero() {
-    use futures_util::StreamExt;
-    let (mut child, ws_port, _) = spawn_gateway("1");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let code = rt.block_on(async {
-        let url = format!(
-            "ws://127.0.0.1:{ws_port}/notifications?token={}",
-            token("sig")
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        ws.next().await.unwrap().unwrap(); // connected
-        signal(&child, libc::SIGTERM);
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))))) => {
-                    break u16::from(f.code);
-                }
-                Ok(Some(Ok(_))) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
+fn a_public_internal_port_without_a_publish_key_refuses_to_start() {
+    for host in ["0.0.0.0", "::"] {
+        for check_only in [true, false] {
+            let mut spawn = Spawn::new().env("METRICS_BIND_HOST", host);
+            if check_only {
+                spawn = spawn.args(&["--check-config"]);
             }
+            let (code, _, stderr) = spawn.run();
+            assert_eq!(code, 64, "{host}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+            assert!(
+                stderr.contains("METRICS_BIND_HOST") && stderr.contains("PUBLISH_API_KEY"),
+                "names both variables: {stderr}"
+            );
         }
-    });
-    assert_eq!(code, 1001);
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+        // With a key it starts, and the key is never printed.
+        let (code, stdout, stderr) = Spawn::new()
+            .env("METRICS_BIND_HOST", host)
+            .env("PUBLISH_API_KEY", "a-publish-key-0123456789")
+            .args(&["--check-config"])
+            .run();
+        assert_eq!(code, 0, "{stderr}");
+        assert!(!stdout.contains("a-publish-key-0123456789"));
+    }
+}
+
+/// The `KEY=VALUE` lines of an env file, ignoring comments.
+fn env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The `environment:` block of the gateway service in docker-compose.yml, with `${VAR:-default}`
+/// taking its default and `${VAR:?message}` (a variable the operator must set) a test value.
+fn compose_env(text: &str) -> Vec<(String, String)> {
+    let block = text
+        .split("\n    environment:\n")
+        .nth(1)
+        .expect("an environment block");
+    block
+        .lines()
+        .take_while(|l| l.starts_with("      "))
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| {
+            let v = v.trim().trim_matches('"');
+            let v = match v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                Some(expr) => match expr.split_once(":-") {
+                    Some((_, default)) => default.to_string(),
+                    None => "required-value-0123456789abcdef0123456789".to_string(),
+                },
+                None => v.to_string(),
+            };
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+/// The `ENV` settings of the Dockerfile (`ENV A=1 \\ B=2`).
+fn dockerfile_env(text: &str) -> Vec<(String, String)> {
+    let joined = text.replace("\\\n", " ");
+    joined
+        .lines()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .flat_map(|l| l.split_whitespace())
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
-fn second_signal_exits_at_once() {
-    use futures_util::StreamExt;
-    let (mut child, ws_port, _) = spawn_gateway("30");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let _ws = rt.block_on(async {
-        let url = format!(
-            "ws://127.0.0.1:{ws_port}/notifications?token={}",
-            token("sig2")
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        ws.next().await.unwrap().unwrap();
-        ws
-    });
-    signal(&child, libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "still draining after one signal"
-    );
-    signal(&child, libc::SIGTERM);
-    // Exits long before its 30 s drain would end.
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(3)), Some(1));
+fn the_shipped_configurations_pass_check_config() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let read = |rel: &str| std::fs::read_to_string(format!("{root}/{rel}")).unwrap();
+    let mut dockerfile = dockerfile_env(&read("Dockerfile"));
+    assert!(dockerfile.iter().any(|(k, _)| k == "METRICS_BIND_HOST"));
+    // `docker run` must pass JWT_SECRET and, for a reachable internal port, PUBLISH_API_KEY.
+    dockerfile.push(("JWT_SECRET".into(), SECRET.into()));
+    dockerfile.push(("PUBLISH_API_KEY".into(), "a-publish-key-0123456789".into()));
+    let cases = [
+        ("tuning/env.example", env_file(&read("tuning/env.example"))),
+        (
+            "docker-compose.yml",
+            compose_env(&read("docker-compose.yml")),
+        ),
+        ("Dockerfile", dockerfile),
+    ];
+    for (name, env) in cases {
+        assert!(env.len() > 5, "{name}: parsed {env:?}");
+        let mut cmd = gateway();
+        cmd.arg("--check-config");
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let (code, stdout, stderr) = run(&mut cmd);
+        assert_eq!(code, 0, "{name} fails --check-config: {stderr}");
+        assert!(stdout.contains("configuration OK"), "{name}");
+    }
 }
 
 #[test]
 fn at_the_descriptor_limit_the_control_port_keeps_working_and_the_gateway_recovers() {
     use std::{io::Read, net::TcpStream};
     // 128 descriptors: MAX_CONNECTIONS becomes 128 - FD_RESERVE(32) - 2 shards x 8 = 80.
-    let mut child = spawn_with_nofile(
-        128,
-        &[
-            ("JWT_SECRET", SECRET),
-            ("FD_RESERVE", "32"),
-            ("SHARDS", "2"),
-            ("HANDSHAKE_TIMEOUT", "2s"),
-            ("RUST_LOG", "info"),
-            ("LOG_FORMAT", "json"),
-        ],
-    );
-    let fields = listening_fields(&mut child);
-    assert_eq!(fields["max_connections"], 80);
-    let (ws, control) = (port_of(&fields, "websocket"), port_of(&fields, "control"));
+    let gw = Spawn::new()
+        .env("FD_RESERVE", "32")
+        .env("CONTROL_MAX_CONNECTIONS", "16")
+        .env("SHARDS", "2")
+        .env("HANDSHAKE_TIMEOUT", "2s")
+        .nofile(128)
+        .start();
+    assert_eq!(gw.listening["max_connections"], 80);
     // 300 connections that never send a request: far more than descriptors allow.
     let flood: Vec<TcpStream> = (0..300)
-        .filter_map(|_| TcpStream::connect(("127.0.0.1", ws)).ok())
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", gw.ws)).ok())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    // The internal port still answers: the reserve was never touched.
-    let metrics = http_get(control, "/metrics");
-    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
-    let refused = metrics
-        .lines()
-        .find(|l| l.starts_with("websocket_connection_errors_total{error_type=\"over_capacity\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap();
-    assert!(
-        refused >= 200.0,
-        "the excess was refused with 503: {refused}"
-    );
+    // The internal port still answers (the reserve was never touched), and the excess is
+    // refused with 503.
+    let refused = "websocket_connection_errors_total{error_type=\"over_capacity\"}";
+    wait_until("the excess to be refused", || {
+        metric(gw.control, refused) >= 200.0
+    });
     // Some of the excess got their 503 response.
-    let got_503 = flood.iter().take(300).skip(100).any(|s| {
+    let got_503 = flood.iter().skip(100).any(|s| {
         let mut s = s;
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let mut buf = [0u8; 32];
@@ -334,51 +313,18 @@ fn at_the_descriptor_limit_the_control_port_keeps_working_and_the_gateway_recove
     });
     assert!(got_503, "refused sockets should read a 503 response");
     drop(flood);
-    // After the stalled handshakes time out, real clients get in again.
-    std::thread::sleep(Duration::from_millis(2500));
-    let url = format!("ws://127.0.0.1:{ws}/notifications?token={}", token("back"));
-    let ok = tungstenite_connect(&url);
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(ok, "the gateway must recover once descriptors free up");
-}
-
-/// A plain HTTP GET returning the whole response.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn tungstenite_connect(url: &str) -> bool {
+    // Once the stalled handshakes time out, real clients get in again.
+    let url = format!(
+        "ws://127.0.0.1:{}/notifications?token={}",
+        gw.ws,
+        common::token("back")
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async { tokio_tungstenite::connect_async(url).await.is_ok() })
-}
-
-/// Starts the gateway on ephemeral loopback ports through `sh -c 'ulimit -n N; exec ...'`, so
-/// it runs with a low open-files limit, with only `env` (and PATH) in its environment.
-fn spawn_with_nofile(nofile: u32, env: &[(&str, &str)]) -> std::process::Child {
-    let mut sh = Command::new("sh");
-    sh.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        sh.env(k, v);
-    }
-    sh.arg("-c")
-        .arg(format!(
-            "ulimit -n {nofile} && exec {BIN} --websocket-port 0 --metrics-port 0 \
-             --bind-host 127.0.0.1 --metrics-bind-host 127.0.0.1"
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    wait_until("a client to get in again", || {
+        let connect = tokio_tungstenite::connect_async(url.as_str());
+        let limit = Duration::from_secs(5);
+        let attempt = rt.block_on(async { tokio::time::timeout(limit, connect).await });
+        matches!(attempt, Ok(Ok(_)))
+    });
+    assert_eq!(http(gw.control, "GET", "/healthz", &[], "").0, 200);
 }

@@ -104,7 +104,7 @@ fn promtool(args: &[&str]) {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
             "promtool is not installed: it comes with the Debian package `prometheus` \
-             (apt-get install -y prometheus; .ci/run installs it)"
+             (apt-get install -y prometheus; scripts/test.sh installs it)"
         ),
         Err(e) => panic!("cannot run promtool: {e}"),
     };

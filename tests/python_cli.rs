@@ -18,7 +18,7 @@ async fn python_websocket_client_works_unchanged() {
         Command::new("python3")
             .args([script, &url, &publish, "pyuser"])
             .output()
-            .expect("python3 runs (apt-get install python3; .ci/run has it)")
+            .expect("python3 runs (apt-get install python3; scripts/test.sh installs it)")
     })
     .await
     .unwrap();
@@ -26,7 +26,7 @@ async fn python_websocket_client_works_unchanged() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "python client failed (pip install websocket-client; .ci/run does):\n{stdout}\n{stderr}"
+        "python client failed (pip install websocket-client; scripts/test.sh installs it):\n{stdout}\n{stderr}"
     );
     let lines: Vec<serde_json::Value> = stdout
         .lines()

@@ -7,8 +7,8 @@
 //!
 //! Exactly one of `user_id` / `user_ids` must be given (a `null` counts as absent). User ids are
 //! non-empty strings of at most 256 bytes without whitespace or control
-//! characters; at most [`MAX_USER_IDS`] per request; duplicates are dropped, keeping the first
-//! occurrence's order. Unknown top-level fields are ignored.
+//! characters; at most `PUBLISH_MAX_USERS` per request (counted before duplicates are dropped,
+//! keeping the first occurrence's order). Unknown top-level fields are ignored.
 //!
 //! The payload is returned as compact JSON text with its keys in their original order (it is
 //! transcoded token by token, not through a sorted map). Numbers go through `serde_json`'s `f64`
@@ -29,9 +29,6 @@ use thiserror::Error;
 #[cfg(test)]
 use crate::proto::user::MAX_USER_ID_BYTES;
 use crate::proto::user::UserId;
-
-/// Most user ids one request may address.
-pub const MAX_USER_IDS: usize = 10_000;
 
 /// A validated publish request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +62,7 @@ pub enum PublishError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// More than [`MAX_USER_IDS`] user ids.
+    /// More user ids than `PUBLISH_MAX_USERS`.
     #[error("too many user ids: {count} given, at most {max} allowed")]
     TooManyUsers {
         /// Number of ids given (before deduplication).
@@ -97,18 +94,18 @@ impl PublishError {
     }
 }
 
-/// Parses and validates a publish body.
+/// Parses and validates a publish body addressing at most `max_users` user ids.
 ///
 /// # Errors
 ///
 /// [`PublishError`], checked in this order: JSON, user fields, user ids, payload.
-pub fn parse_publish(body: &[u8]) -> Result<PublishRequest, PublishError> {
+pub fn parse_publish(body: &[u8], max_users: usize) -> Result<PublishRequest, PublishError> {
     let body: Body = serde_json::from_slice(body).map_err(PublishError::InvalidJson)?;
     let user_ids = match (body.user_id, body.user_ids) {
         (Some(_), Some(_)) => return Err(PublishError::BothUserFields),
         (None, None) => return Err(PublishError::MissingUser),
         (Some(id), None) => vec![check_user_id(id, None)?],
-        (None, Some(ids)) => check_user_ids(ids)?,
+        (None, Some(ids)) => check_user_ids(ids, max_users)?,
     };
     let payload = body.payload.ok_or(PublishError::MissingPayload)?.0;
     if payload.first() != Some(&b'{') {
@@ -127,7 +124,7 @@ fn check_user_id(value: Value, index: Option<usize>) -> Result<UserId, PublishEr
 }
 
 /// Validates `user_ids` and removes duplicates, keeping first occurrences in order.
-fn check_user_ids(value: Value) -> Result<Vec<UserId>, PublishError> {
+fn check_user_ids(value: Value, max: usize) -> Result<Vec<UserId>, PublishError> {
     let Value::Array(items) = value else {
         return Err(PublishError::InvalidUserId {
             index: None,
@@ -137,10 +134,10 @@ fn check_user_ids(value: Value) -> Result<Vec<UserId>, PublishError> {
     if items.is_empty() {
         return Err(PublishError::MissingUser);
     }
-    if items.len() > MAX_USER_IDS {
+    if items.len() > max {
         return Err(PublishError::TooManyUsers {
             count: items.len(),
-            max: MAX_USER_IDS,
+            max,
         });
     }
     let mut ids = Vec::with_capacity(items.len());
@@ -328,8 +325,11 @@ impl<'de> Visitor<'de> for Transcode<'_> {
 mod tests {
     use super::*;
 
+    /// The hard upper bound of `PUBLISH_MAX_USERS`.
+    const MAX_USER_IDS: usize = crate::config::MAX_PUBLISH_USERS;
+
     fn parse(body: &str) -> Result<PublishRequest, PublishError> {
-        parse_publish(body.as_bytes())
+        parse_publish(body.as_bytes(), MAX_USER_IDS)
     }
 
     fn kind(body: &str) -> &'static str {
@@ -400,7 +400,7 @@ mod tests {
             assert_eq!(kind(body), "invalid_json", "{body:?}");
         }
         assert_eq!(
-            parse_publish(b"{\"user_id\":\"\xFF\",\"payload\":{}}")
+            parse_publish(b"{\"user_id\":\"\xFF\",\"payload\":{}}", 1)
                 .unwrap_err()
                 .kind(),
             "invalid_json"
@@ -472,6 +472,13 @@ mod tests {
             ids(MAX_USER_IDS + 1)
         );
         assert_eq!(kind(&body), "too_many_users");
+        let three = r#"{"user_ids":["a","b","a"],"payload":{}}"#;
+        assert!(parse_publish(three.as_bytes(), 3).is_ok());
+        let err = parse_publish(three.as_bytes(), 2).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "too many user ids: 3 given, at most 2 allowed"
+        );
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! What the control plane publishes through. Without Redis, the single-node [`LocalBroker`]
 //! delivers in process; with Redis, the [`Publisher`] PUBLISHes so that whichever gateway
 //! instance holds the user delivers it (through its subscriber).
+//!
+//! The answer is exact about delivery: `Overloaded`, `Unavailable` and `Redis` errors mean
+//! nothing was delivered (a retry cannot duplicate), [`BrokerError::Unknown`] that it may have
+//! been, [`BrokerError::Partial`] that it was for some users only.
 
 use std::{
     sync::{
@@ -14,26 +18,44 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use super::{
-    local::{LocalBroker, Outcome},
-    redis::publisher::Publisher,
+    Body,
+    local::{LocalBroker, LocalError, Outcome},
+    redis::publisher::{PublishError, Publisher},
 };
-use crate::proto::user::UserId;
-
-/// How long a publish waits for the shards' answers.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::proto::{
+    payload::{self, PayloadError},
+    user::UserId,
+};
 
 /// Why a publish failed.
 #[derive(Debug, Error)]
 pub enum BrokerError {
-    /// Every recipient's shard queue was full: the notification was dropped.
+    /// Every recipient's shard queue was full: the notification was dropped, nowhere delivered.
     #[error("the gateway is overloaded: shard queues are full")]
     Overloaded,
-    /// The broker is not running or did not answer.
-    #[error("the broker is not available")]
-    Unavailable,
-    /// Redis refused or did not answer.
+    /// The local dispatcher did not take it: nothing was delivered.
+    #[error("the broker is not available: {0}")]
+    Unavailable(&'static str),
+    /// Redis could not be reached in time, or refused the command: nothing was published.
     #[error("Redis is not available: {0}")]
     Redis(String),
+    /// It may or may not have been delivered.
+    #[error("{0}; the notification may or may not have been delivered")]
+    Unknown(String),
+    /// Redis published it for some users and refused the others' channels.
+    #[error(
+        "Redis refused {refused} of {total} channels ({first}); the other users were published"
+    )]
+    Partial {
+        /// Subscribers that received it.
+        receivers: u32,
+        /// Channels refused.
+        refused: u32,
+        /// Channels in the request.
+        total: u32,
+        /// Redis's first refusal.
+        first: String,
+    },
 }
 
 impl BrokerError {
@@ -41,17 +63,27 @@ impl BrokerError {
     pub fn kind(&self) -> &'static str {
         match self {
             BrokerError::Overloaded => "overloaded",
-            BrokerError::Unavailable => "unavailable",
+            BrokerError::Unavailable(_) => "unavailable",
             BrokerError::Redis(_) => "redis_unavailable",
+            BrokerError::Unknown(_) => "outcome_unknown",
+            BrokerError::Partial { .. } => "partially_published",
         }
     }
 }
+
+/// A notification ready for [`Broker::publish`], in the form its broker sends.
+pub struct Prepared(Body);
 
 /// The publish backend.
 #[derive(Clone)]
 pub enum Broker {
     /// In-process delivery on this gateway only.
-    Local(LocalBroker),
+    Local {
+        /// The dispatcher thread's handle.
+        broker: LocalBroker,
+        /// How long a publish waits for the shards (`PUBLISH_TIMEOUT`).
+        timeout: Duration,
+    },
     /// Through Redis, to every gateway instance.
     Redis {
         /// PUBLISHes for the API.
@@ -62,35 +94,87 @@ pub enum Broker {
 }
 
 impl Broker {
-    /// Publishes a validated notification to `users`. `payload` is its compact JSON text (what
-    /// Redis carries) and `frame` the same notification normalised and encoded (what the local
-    /// broker delivers). Returns the connections reached (local) or the Redis subscribers that
-    /// received it, summed over users (Redis: gateway instances, whose shards then deliver).
+    /// Validates a payload (compact JSON object text) for publishing. The local broker delivers
+    /// a finished frame, so it normalises here, once per request; Redis carries the payload as
+    /// is and each gateway's owner shard normalises it, so here it is only checked against the
+    /// limit the shards apply (building a frame would be wasted work).
+    ///
+    /// # Errors
+    ///
+    /// [`PayloadError`]: the payload is not a publishable notification.
+    pub fn prepare(
+        &self,
+        payload: Vec<u8>,
+        now_ms: u64,
+        max_bytes: usize,
+    ) -> Result<Prepared, PayloadError> {
+        match self {
+            Broker::Local { .. } => {
+                payload::normalize_to_frame(&payload, now_ms, max_bytes).map(Body::Frame)
+            }
+            Broker::Redis { .. } if payload.len() > max_bytes => Err(PayloadError::TooLarge {
+                len: payload.len(),
+                max: max_bytes,
+            }),
+            Broker::Redis { .. } => Ok(Body::Raw(Bytes::from(payload))),
+        }
+        .map(Prepared)
+    }
+
+    /// Publishes a notification [`prepare`](Self::prepare)d by this broker to `users`. Returns
+    /// the connections reached (local) or the Redis subscribers that received it, summed over
+    /// users (Redis: gateway instances, whose shards then deliver).
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError`], exact about whether anything was delivered.
     pub async fn publish(
         &self,
         users: Vec<UserId>,
-        payload: &[u8],
-        frame: Bytes,
+        Prepared(body): Prepared,
     ) -> Result<u32, BrokerError> {
-        match self {
-            Broker::Local(local) => {
+        match (self, body) {
+            (Broker::Local { broker, timeout }, Body::Frame(frame)) => {
                 let count = users.len() as u32;
+                let deadline = tokio::time::Instant::now() + *timeout;
                 let Outcome {
                     recipients,
                     dropped_users,
-                } = local
-                    .publish(users, frame, PUBLISH_TIMEOUT)
+                } = broker
+                    .publish(users, frame, deadline)
                     .await
-                    .map_err(|_| BrokerError::Unavailable)?;
+                    .map_err(|e| match e {
+                        LocalError::NotQueued(why) => BrokerError::Unavailable(why),
+                        LocalError::Unanswered => BrokerError::Unknown(format!(
+                            "the shards did not answer within {}",
+                            humantime::format_duration(*timeout)
+                        )),
+                    })?;
                 if dropped_users > 0 && dropped_users == count {
                     return Err(BrokerError::Overloaded);
                 }
                 Ok(recipients)
             }
-            Broker::Redis { publisher, .. } => publisher
+            (Broker::Redis { publisher, .. }, Body::Raw(payload)) => publisher
                 .publish(&users, payload)
                 .await
-                .map_err(BrokerError::Redis),
+                .map_err(|e| match e {
+                    PublishError::NotSent(why) => BrokerError::Redis(why),
+                    PublishError::Unknown(why) => BrokerError::Unknown(why),
+                    PublishError::Partial {
+                        receivers,
+                        refused,
+                        total,
+                        first,
+                    } => BrokerError::Partial {
+                        receivers,
+                        refused,
+                        total,
+                        first,
+                    },
+                }),
+            // `prepare` makes the form its broker sends; a broker never changes kind.
+            _ => unreachable!("a notification prepared by another kind of broker"),
         }
     }
 
@@ -98,7 +182,7 @@ impl Broker {
     /// Redis.
     pub fn is_ready(&self) -> bool {
         match self {
-            Broker::Local(_) => true,
+            Broker::Local { .. } => true,
             Broker::Redis { subscribed, .. } => subscribed.load(Ordering::Acquire),
         }
     }

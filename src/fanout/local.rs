@@ -2,13 +2,13 @@
 //! publish commands from the control plane (over a bounded channel) and routes each recipient's
 //! notification to its owner shard.
 
-use std::{
-    thread,
-    time::{Duration, Instant},
-};
+use std::{thread, time::Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant as Deadline,
+};
 
 use super::{Body, Delivery, dispatch::Dispatcher};
 use crate::proto::user::UserId;
@@ -64,13 +64,18 @@ impl LocalBroker {
     }
 
     /// Publishes `frame` to every connection of `users` on this gateway and reports how many
-    /// connections it reached. Waits for the shards' answers for at most `timeout`.
+    /// connections it reached. Waits for room in the dispatcher's queue and then for the
+    /// shards' answers until `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// [`LocalError`]: whether the notification was never queued, or queued without an answer.
     pub async fn publish(
         &self,
         users: Vec<UserId>,
         frame: Bytes,
-        timeout: Duration,
-    ) -> Result<Outcome, Stopped> {
+        deadline: Deadline,
+    ) -> Result<Outcome, LocalError> {
         let mut replies = Vec::with_capacity(users.len());
         let users = users
             .into_iter()
@@ -80,10 +85,11 @@ impl LocalBroker {
                 (u, tx)
             })
             .collect();
-        self.tx
-            .send(Command { users, frame })
-            .await
-            .map_err(|_| Stopped)?;
+        match tokio::time::timeout_at(deadline, self.tx.send(Command { users, frame })).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(LocalError::NotQueued("the dispatcher has stopped")),
+            Err(_) => return Err(LocalError::NotQueued("the dispatcher's queue stayed full")),
+        }
         let mut outcome = Outcome::default();
         let collect = async {
             for rx in replies {
@@ -93,15 +99,22 @@ impl LocalBroker {
                 }
             }
         };
-        // Shards answer within microseconds; the timeout only guards against a wedged shard.
-        tokio::time::timeout(timeout, collect)
+        // Shards answer within microseconds; the deadline only guards against a wedged shard,
+        // which may still deliver later.
+        tokio::time::timeout_at(deadline, collect)
             .await
-            .map_err(|_| Stopped)?;
+            .map_err(|_| LocalError::Unanswered)?;
         Ok(outcome)
     }
 }
 
-/// The dispatcher thread is gone or did not answer in time.
-#[derive(Debug, thiserror::Error)]
-#[error("the dispatcher is not answering")]
-pub struct Stopped;
+/// Why a local publish has no complete answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LocalError {
+    /// The command never reached the dispatcher: nothing was delivered.
+    #[error("{0}")]
+    NotQueued(&'static str),
+    /// Queued, but not every shard answered in time: some connections may still receive it.
+    #[error("the shards did not answer in time")]
+    Unanswered,
+}

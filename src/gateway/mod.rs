@@ -1,16 +1,23 @@
 //! The top layer: configuration to running process. [`run`] is the whole program (`main.rs`
 //! only calls it): validate the configuration, build the token verifier, install the signal
-//! handlers, [`start`](start::start) every thread, then drain on the first signal.
+//! handlers, [`start`](start::start) every thread, then serve signals: reload on SIGHUP, drain
+//! on the first SIGTERM/SIGINT/SIGQUIT ([`signals`]).
 
+pub(crate) mod keys;
 pub mod signals;
 pub mod start;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::mpsc};
 
-pub use self::start::{Gateway, StartError, authenticator, start};
+pub use self::{
+    keys::authenticator,
+    start::{Gateway, StartError, start},
+};
 use crate::{
     config::{Config, EXIT_CONFIG},
-    dev, telemetry,
+    dev,
+    reload::Reloader,
+    telemetry,
 };
 
 /// Runs the gateway with the configuration from the command line and environment, until it has
@@ -23,10 +30,17 @@ pub fn run() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    telemetry::init(cfg.log_format);
+    let log_filter = match telemetry::init(cfg.log_format, cfg.log_filter_file.as_deref()) {
+        Ok(filter) => filter,
+        Err(err) => {
+            eprintln!("chat4all-gateway: {err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
 
     // --dev: a throwaway secret, so `cargo run -- --dev` works with nothing configured.
-    let dev_secret = (cfg.dev && cfg.jwt_secret.is_none()).then(dev::secret);
+    let generated = cfg.dev && cfg.jwt_secret.is_none() && cfg.jwt_secret_file.is_none();
+    let dev_secret = generated.then(dev::secret);
     let auth = match authenticator(&cfg, dev_secret.as_deref()) {
         Ok(auth) => auth,
         Err(err) => {
@@ -42,10 +56,10 @@ pub fn run() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    // Signals are caught before anything binds: the first starts the drain, a second exits at
-    // once (an operator who asks twice means it).
-    let first_signal = match signals::watch() {
-        Ok(rx) => rx,
+    // Signals are caught before anything binds, so none can end the process undrained.
+    let (tx, requests) = mpsc::channel();
+    match signals::watch(tx.clone()) {
+        Ok(()) => {}
         Err(err) => {
             eprintln!("chat4all-gateway: cannot install signal handlers: {err}");
             return ExitCode::FAILURE;
@@ -58,6 +72,12 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut reloader = Reloader::default();
+    if let Some(filter) = log_filter {
+        reloader.add(filter);
+    }
+    reloader.add(keys::JwtKeyReload::new(&cfg, generated, gw.shared.clone()));
+
     let summary: Vec<String> = cfg
         .redacted_summary()
         .into_iter()
@@ -71,9 +91,37 @@ pub fn run() -> ExitCode {
     if let Some(secret) = &dev_secret {
         println!("{}", dev::banner(secret, gw.ws_addr, gw.control_addr, &cfg));
     }
-    let _ = first_signal.recv();
-    gw.begin_drain();
-    gw.join();
+    serve_signals(gw, &tx, &requests, &reloader);
     tracing::info!("drained; exiting");
     ExitCode::SUCCESS
+}
+
+/// Reloads on every SIGHUP, before and during the drain, and returns once the drain started by
+/// the first shutdown signal has finished.
+fn serve_signals(
+    gw: Gateway,
+    tx: &mpsc::Sender<signals::Request>,
+    requests: &mpsc::Receiver<signals::Request>,
+    reloader: &Reloader,
+) {
+    let mut gw = Some(gw);
+    // `tx` keeps the channel open, so this ends only with `Drained`.
+    for request in requests {
+        match request {
+            signals::Request::Reload => {
+                reloader.reload_all();
+            }
+            signals::Request::Drain => {
+                if let Some(gw) = gw.take() {
+                    gw.begin_drain();
+                    let done = tx.clone();
+                    std::thread::spawn(move || {
+                        gw.join();
+                        let _ = done.send(signals::Request::Drained);
+                    });
+                }
+            }
+            signals::Request::Drained => return,
+        }
+    }
 }

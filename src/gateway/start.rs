@@ -18,7 +18,12 @@ use thiserror::Error;
 
 use crate::{
     config::{Config, IoDriver, RedisSubscription},
-    control::server::{self, State},
+    control::{
+        api_key::ApiKey,
+        budget::Budget,
+        routes::{PublishLimits, State},
+        server,
+    },
     fanout::{
         broker::Broker,
         dispatch::Dispatcher,
@@ -33,7 +38,7 @@ use crate::{
     net::doorbell::Doorbell,
     proto::{
         frame,
-        jwt::{AuthConfig, AuthSetupError, Authenticator, KeySource},
+        jwt::{AuthSetupError, Authenticator},
         upgrade::HandshakeConfig,
     },
     shard::{
@@ -66,9 +71,11 @@ pub enum StartError {
     /// The JWT settings are unusable.
     #[error("JWT configuration: {0}")]
     Auth(#[from] AuthSetupError),
-    /// The JWT public key file could not be read.
-    #[error("cannot read JWT_PUBLIC_KEY_FILE {path}: {source}")]
+    /// A JWT key file could not be read.
+    #[error("cannot read {var} {path}: {source}")]
     KeyFile {
+        /// Its variable (`JWT_PUBLIC_KEY_FILE`, `JWT_SECRET_FILE`).
+        var: &'static str,
         /// The file.
         path: String,
         /// Why.
@@ -151,32 +158,6 @@ pub fn resolve_driver(cfg: &Config) -> Result<Driver, StartError> {
     }
 }
 
-/// Builds the JWT verifier from `cfg` (with `secret` overriding `JWT_SECRET`, for `--dev`).
-pub fn authenticator(cfg: &Config, secret: Option<&str>) -> Result<Authenticator, StartError> {
-    let algorithm = cfg.jwt_algorithm;
-    let key = match &cfg.jwt_public_key_file {
-        Some(path) if algorithm.min_secret_bytes().is_none() => {
-            KeySource::PublicKeyPem(std::fs::read(path).map_err(|source| StartError::KeyFile {
-                path: path.display().to_string(),
-                source,
-            })?)
-        }
-        _ => KeySource::Secret(
-            secret
-                .or(cfg.jwt_secret.as_deref())
-                .unwrap_or_default()
-                .as_bytes()
-                .to_vec(),
-        ),
-    };
-    Ok(Authenticator::new(&AuthConfig {
-        algorithm,
-        key,
-        require_exp: cfg.jwt_require_exp,
-        leeway_seconds: cfg.jwt_leeway.as_secs(),
-    })?)
-}
-
 /// Per-connection limits from `cfg`.
 pub fn limits(cfg: &Config) -> Limits {
     Limits {
@@ -233,7 +214,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
 
     let metrics = Metrics::new(shards, driver.as_str());
     let shared = Arc::new(Shared::new(
-        auth,
+        super::keys::verifier(cfg, auth),
         Slots::new(max_connections, cfg.fd_reserve),
         shards,
         metrics.clone(),
@@ -340,12 +321,13 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     );
     drop(membership_tx);
     let broker = match redis {
-        None => Broker::Local(
-            LocalBroker::start(dispatcher).map_err(|e| StartError::Thread {
+        None => Broker::Local {
+            broker: LocalBroker::start(dispatcher).map_err(|e| StartError::Thread {
                 what: "dispatcher".into(),
                 message: e.to_string(),
             })?,
-        ),
+            timeout: cfg.publish_timeout,
+        },
         Some(target) => {
             let subscribed = Arc::new(AtomicBool::new(false));
             Subscriber {
@@ -364,7 +346,11 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
                 message: e.to_string(),
             })?;
             Broker::Redis {
-                publisher: Arc::new(Publisher::new(target, cfg.redis_channel_prefix.clone())),
+                publisher: Arc::new(Publisher::new(
+                    target,
+                    cfg.redis_channel_prefix.clone(),
+                    cfg.publish_timeout,
+                )),
                 subscribed,
             }
         }
@@ -374,10 +360,17 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
         State {
             metrics: metrics.clone(),
             broker,
-            api_key: cfg.publish_api_key.clone(),
-            max_publish_bytes: cfg.max_publish_bytes,
+            api_key: cfg.publish_api_key.as_deref().map(ApiKey::new),
+            limits: PublishLimits {
+                max_body: cfg.max_publish_bytes,
+                max_users: cfg.publish_max_users,
+                max_fanout: cfg.publish_max_fanout_bytes,
+            },
+            in_flight: Budget::new(cfg.publish_max_inflight_bytes, metrics.global().clone()),
+            read_timeout: cfg.control_read_timeout,
             draining: shared.draining.clone(),
         },
+        cfg.control_max_connections,
     )
     .map_err(|e| StartError::Thread {
         what: "control plane".into(),

@@ -17,6 +17,7 @@ use tokio_tungstenite::{
     tungstenite::{Message, client::IntoClientRequest},
 };
 
+pub mod process;
 pub mod redis;
 
 /// The JWT secret every test gateway uses.

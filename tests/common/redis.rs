@@ -34,7 +34,7 @@ fn require(binary: &str) {
         .unwrap_or(false);
     assert!(
         found,
-        "{binary} is not installed: `apt-get install -y redis-server redis-sentinel` (.ci/run does)"
+        "{binary} is not installed: `apt-get install -y redis-server redis-sentinel` (scripts/test.sh does)"
     );
 }
 
