@@ -418,3 +418,32 @@ async fn publish_api_goes_through_redis_when_configured() {
     assert_eq!(body, r#"{"recipients":2}"#);
     assert_eq!(next_json(&mut g).await["x"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticates_with_a_user_and_password() {
+    for mode in ["pattern", "per-user"] {
+        // `default` stays open for the test's own commands; the gateway logs in as `gw`.
+        let r = RedisProc::start_on(
+            common::redis::free_port(),
+            &["--user", "gw", "on", ">s3cret", "~*", "&*", "+@all"],
+        );
+        let url = format!("redis://gw:s3cret@127.0.0.1:{}/", r.port);
+        let args = ["--redis-url", url.as_str(), "--redis-subscription", mode];
+        let gw = start("epoll", &args);
+        wait_ready(&gw).await;
+        let mut c = gw.connect("ivan").await;
+        assert_eq!(r.publish("notifications:ivan", r#"{"n":1}"#), 1);
+        assert_eq!(next_json(&mut c).await["n"], 1);
+        drop(c);
+        // A wrong password is a failed session (counted, retried), never a subscription.
+        let bad = format!("redis://gw:wrong@127.0.0.1:{}/", r.port);
+        let gw = start("epoll", &["--redis-url", bad.as_str()]);
+        eventually(WAIT, "a failed session", || async {
+            gw.metric(r#"redis_errors_total{error_type="connection"}"#)
+                .await
+                >= 1.0
+        })
+        .await;
+        assert_eq!(gw.get("/readyz").await.0, 503);
+    }
+}

@@ -34,7 +34,7 @@ use super::{Shard, refusal};
 use crate::{
     fanout::redis::{
         membership::{Answer, Event, Ticket},
-        requests::{ANSWERS_PER_SHARD, ShardSide},
+        requests::ShardSide,
     },
     metrics::SubscribeWait,
     net::doorbell::Doorbell,
@@ -53,6 +53,7 @@ enum Refusal {
 }
 
 /// What a waiting upgrade is told.
+#[derive(Debug)]
 enum Verdict {
     Subscribed(bool),
     Draining,
@@ -69,8 +70,10 @@ pub struct Gate {
     /// Numbers the next ticket.
     next_id: Cell<u64>,
     /// Tickets sent whose answer has not been taken off the answer ring yet; never above
-    /// [`ANSWERS_PER_SHARD`], which is what keeps that ring from overflowing.
+    /// `limit`, the answer ring's capacity, which is what keeps that ring from overflowing.
     outstanding: Cell<usize>,
+    /// The answer ring's capacity.
+    limit: usize,
     /// Waiting upgrades by ticket.
     waits: RefCell<HashMap<u64, oneshot::Sender<Verdict>>>,
     /// Waiting upgrades per user.
@@ -90,6 +93,7 @@ impl Gate {
             wait,
             next_id: Cell::new(0),
             outstanding: Cell::new(0),
+            limit: side.answer_capacity,
             waits: RefCell::default(),
             waiting_users: RefCell::default(),
             deferred: RefCell::default(),
@@ -128,7 +132,7 @@ impl Gate {
 
     /// Sends a want for `user`; the receiver of its verdict.
     fn want(&self, user: &str) -> Result<(u64, oneshot::Receiver<Verdict>), Refusal> {
-        if self.outstanding.get() >= ANSWERS_PER_SHARD || !self.flush() {
+        if self.outstanding.get() >= self.limit || !self.flush() {
             return Err(Refusal::Full);
         }
         let id = self.next_id.get();
@@ -288,5 +292,91 @@ pub async fn run(shard: Rc<Shard>) {
         } else {
             parked.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::redis::requests::channels_sized;
+
+    fn gate(
+        events: usize,
+        answers: usize,
+    ) -> (Gate, crate::fanout::redis::requests::SubscriberSide) {
+        let (mut sides, subscriber) = channels_sized(1, events, answers);
+        let gate = Gate::new(0, sides.pop().unwrap(), Duration::from_secs(1));
+        (gate, subscriber)
+    }
+
+    fn want_of(e: Event) -> (Box<str>, u64) {
+        match e {
+            Event::Want { user, ticket } => (user, ticket.id),
+            other => panic!("not a want: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_wants_and_keeps_departures_in_order() {
+        let (gate, mut sub) = gate(2, 16);
+        let _a = gate.want("a").unwrap();
+        let _b = gate.want("b").unwrap();
+        assert_eq!(
+            gate.want("c").unwrap_err(),
+            Refusal::Full,
+            "queue full: refused at once"
+        );
+        gate.left("x");
+        gate.left("y");
+        assert_eq!(
+            gate.deferred.borrow().len(),
+            2,
+            "departures kept, not dropped"
+        );
+        // Room again: the kept departures go first, in order, then new wants.
+        assert_eq!(want_of(sub.events.try_recv().unwrap()), ("a".into(), 0));
+        assert_eq!(want_of(sub.events.try_recv().unwrap()), ("b".into(), 1));
+        let _d = gate.want("d").unwrap_err();
+        assert_eq!(sub.events.try_recv().unwrap(), Event::Left("x".into()));
+        assert_eq!(sub.events.try_recv().unwrap(), Event::Left("y".into()));
+        let _e = gate.want("e").unwrap();
+        assert_eq!(want_of(sub.events.try_recv().unwrap()), ("e".into(), 2));
+    }
+
+    #[test]
+    fn unanswered_wants_are_capped_by_the_answer_ring() {
+        let (gate, mut sub) = gate(64, 2);
+        let a = gate.want("a").unwrap();
+        let _b = gate.want("b").unwrap();
+        assert_eq!(gate.want("c").unwrap_err(), Refusal::Full);
+        // A timed-out wait does not free its place: only its answer does.
+        gate.done(a.0, "a");
+        assert_eq!(gate.want("c").unwrap_err(), Refusal::Full);
+        sub.answer(
+            0,
+            Answer {
+                id: a.0,
+                subscribed: true,
+            },
+        );
+        let (mut answers, _) = gate.answers.borrow_mut().take().unwrap();
+        answers.pop().unwrap();
+        gate.outstanding.set(gate.outstanding.get() - 1);
+        assert!(gate.want("c").is_ok());
+    }
+
+    #[test]
+    fn no_departure_while_an_upgrade_of_that_user_waits() {
+        let (gate, mut sub) = gate(64, 16);
+        let (id, _rx) = gate.want("a").unwrap();
+        sub.events.try_recv().unwrap();
+        gate.left("a");
+        assert!(
+            sub.events.try_recv().is_err(),
+            "a waiting upgrade still wants the channel"
+        );
+        gate.done(id, "a");
+        gate.left("a");
+        assert_eq!(sub.events.try_recv().unwrap(), Event::Left("a".into()));
     }
 }

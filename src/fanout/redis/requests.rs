@@ -31,6 +31,8 @@ pub struct ShardSide {
     pub answers: rtrb::Consumer<Answer>,
     /// Rung after answers are pushed (and when the gateway starts draining).
     pub doorbell: Arc<Doorbell>,
+    /// The answer ring's capacity: the most wants this shard may have unanswered.
+    pub answer_capacity: usize,
 }
 
 /// The subscriber's ends.
@@ -60,12 +62,21 @@ impl SubscriberSide {
 
 /// Builds the queues for `shards` shards.
 pub fn channels(shards: usize) -> (Vec<ShardSide>, SubscriberSide) {
-    let (tx, rx) = mpsc::channel(EVENTS_PER_SHARD * shards);
+    channels_sized(shards, EVENTS_PER_SHARD, ANSWERS_PER_SHARD)
+}
+
+/// [`channels`] with the given sizes (tests use small ones).
+pub fn channels_sized(
+    shards: usize,
+    events_per_shard: usize,
+    answers_per_shard: usize,
+) -> (Vec<ShardSide>, SubscriberSide) {
+    let (tx, rx) = mpsc::channel(events_per_shard * shards);
     let mut sides = Vec::with_capacity(shards);
     let mut producers = Vec::with_capacity(shards);
     let mut doorbells = Vec::with_capacity(shards);
     for _ in 0..shards {
-        let (p, c) = rtrb::RingBuffer::new(ANSWERS_PER_SHARD);
+        let (p, c) = rtrb::RingBuffer::new(answers_per_shard);
         let bell = Arc::new(Doorbell::default());
         producers.push(p);
         doorbells.push(bell.clone());
@@ -73,6 +84,7 @@ pub fn channels(shards: usize) -> (Vec<ShardSide>, SubscriberSide) {
             events: tx.clone(),
             answers: c,
             doorbell: bell,
+            answer_capacity: answers_per_shard,
         });
     }
     let subscriber = SubscriberSide {
