@@ -241,6 +241,9 @@ impl Subscriber {
         let mut last_sentinel_check = Instant::now();
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether the last wake-up was the ticker's: the socket had nothing to read then (the
+        // read is polled first), so silence is real and not this thread being late.
+        let mut ticked = false;
         loop {
             // Everything received so far.
             while let Some(next) = link.next()? {
@@ -272,7 +275,8 @@ impl Subscriber {
                     resp::encode_command(&["PING"], &mut s.out);
                     s.inflight.sent(Expect::Pong, 1, now);
                 }
-                Verdict::Dead => return Err(LinkError::Silent(self.liveness)),
+                Verdict::Dead if ticked => return Err(LinkError::Silent(self.liveness)),
+                Verdict::Dead => {}
             }
             if matches!(self.target, Target::Sentinel { .. })
                 && last_sentinel_check.elapsed() >= SENTINEL_CHECK
@@ -298,9 +302,10 @@ impl Subscriber {
             let woke = tokio::select! {
                 biased;
                 read = link.fill() => Wake::Read(read),
-                event = next_event(events) => Wake::Event(event),
                 _ = ticker.tick() => Wake::Tick,
+                event = next_event(events) => Wake::Event(event),
             };
+            ticked = matches!(woke, Wake::Tick);
             match woke {
                 Wake::Read(read) => read?,
                 Wake::Event(event) => self.apply(event, membership),
