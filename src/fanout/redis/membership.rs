@@ -52,25 +52,30 @@ pub enum Event {
     Left(Box<str>),
 }
 
-/// A channel's subscription on the current Redis connection.
+/// A channel's subscription on the current Redis connection, in 8 bytes (one per connected
+/// user): to be sent, sent in the SUBSCRIBE command numbered so and not confirmed yet, or
+/// confirmed by Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sub {
-    /// To be sent.
-    Pending,
-    /// Sent in the SUBSCRIBE command numbered so; not confirmed yet.
-    Sent(u64),
-    /// Confirmed by Redis.
-    Active,
+struct Sub(u64);
+
+impl Sub {
+    const PENDING: Sub = Sub(0);
+    const ACTIVE: Sub = Sub(u64::MAX);
+
+    /// Sent in SUBSCRIBE number `seq` (numbers start at 1 and never reach `u64::MAX`).
+    fn sent(seq: u64) -> Sub {
+        debug_assert!(seq != 0 && seq != u64::MAX);
+        Sub(seq)
+    }
 }
 
-/// One user's channel.
+/// One user's channel (24 bytes; the tickets of waiting upgrades are kept apart, only while
+/// there are any, so that an idle user costs no more than this and its id).
 #[derive(Debug)]
 struct Entry {
     sub: Sub,
     /// Gone since then (no connection left); unsubscribed when the grace period ends.
     leaving: Option<Instant>,
-    /// Tickets to answer when the channel is confirmed.
-    waiters: SmallVec<[Ticket; 1]>,
 }
 
 /// Users whose channel is now confirmed, or given up, with the tickets to answer.
@@ -80,6 +85,8 @@ pub type Answers = Vec<(Ticket, bool)>;
 pub struct Membership {
     /// Every user with a channel (wanted, or leaving within its grace period).
     users: HashMap<Box<str>, Entry>,
+    /// Tickets to answer when a user's channel is confirmed (users not yet confirmed only).
+    waiters: HashMap<Box<str>, SmallVec<[Ticket; 1]>>,
     /// Users in [`Sub::Pending`], in arrival order (entries may be stale).
     to_subscribe: Vec<Box<str>>,
     /// Users that left, in leave order (entries may be stale if they came back).
@@ -93,6 +100,7 @@ impl Membership {
     pub fn new(grace: Duration) -> Self {
         Self {
             users: HashMap::new(),
+            waiters: HashMap::new(),
             to_subscribe: Vec::new(),
             leaving: VecDeque::new(),
             grace,
@@ -108,18 +116,17 @@ impl Membership {
                     Some(entry) => entry,
                     None => {
                         self.to_subscribe.push(user.clone());
-                        self.users.entry(user).or_insert(Entry {
-                            sub: Sub::Pending,
+                        self.users.entry(user.clone()).or_insert(Entry {
+                            sub: Sub::PENDING,
                             leaving: None,
-                            waiters: SmallVec::new(),
                         })
                     }
                 };
                 entry.leaving = None;
-                if entry.sub == Sub::Active {
+                if entry.sub == Sub::ACTIVE {
                     return Some(ticket);
                 }
-                entry.waiters.push(ticket);
+                self.waiters.entry(user).or_default().push(ticket);
                 None
             }
             Event::Left(user) => {
@@ -138,7 +145,7 @@ impl Membership {
         let mut users = std::mem::take(&mut self.to_subscribe);
         let mut seen = std::collections::HashSet::with_capacity(users.len());
         users.retain(|u| {
-            self.users.get(u).is_some_and(|e| e.sub == Sub::Pending) && seen.insert(u.clone())
+            self.users.get(u).is_some_and(|e| e.sub == Sub::PENDING) && seen.insert(u.clone())
         });
         users
     }
@@ -147,7 +154,7 @@ impl Membership {
     pub fn sent(&mut self, users: &[Box<str>], seq: u64) {
         for user in users {
             if let Some(entry) = self.users.get_mut(user) {
-                entry.sub = Sub::Sent(seq);
+                entry.sub = Sub::sent(seq);
             }
         }
     }
@@ -157,9 +164,9 @@ impl Membership {
     /// since) changes nothing.
     pub fn confirmed(&mut self, user: &str, seq: u64) -> SmallVec<[Ticket; 1]> {
         match self.users.get_mut(user) {
-            Some(entry) if entry.sub == Sub::Sent(seq) => {
-                entry.sub = Sub::Active;
-                std::mem::take(&mut entry.waiters)
+            Some(entry) if entry.sub == Sub::sent(seq) => {
+                entry.sub = Sub::ACTIVE;
+                self.waiters.remove(user).unwrap_or_default()
             }
             _ => SmallVec::new(),
         }
@@ -181,8 +188,9 @@ impl Membership {
                 continue;
             }
             let entry = self.users.remove(&user).expect("checked above");
-            answers.extend(entry.waiters.into_iter().map(|t| (t, false)));
-            if entry.sub != Sub::Pending {
+            let waiters = self.waiters.remove(&user).unwrap_or_default();
+            answers.extend(waiters.into_iter().map(|t| (t, false)));
+            if entry.sub != Sub::PENDING {
                 unsubscribe.push(user);
             }
         }
@@ -194,7 +202,7 @@ impl Membership {
     pub fn connection_lost(&mut self) {
         self.to_subscribe.clear();
         for (user, entry) in &mut self.users {
-            entry.sub = Sub::Pending;
+            entry.sub = Sub::PENDING;
             self.to_subscribe.push(user.clone());
         }
     }
