@@ -105,8 +105,14 @@ async fn anything_published_right_after_connected_arrives() {
             .await
         }
     };
-    assert_eq!(waits("confirmed").await, 80.0);
-    assert_eq!(waits("covered").await, 40.0);
+    // First connections are confirmed, second ones covered; a reconnect is either (covered
+    // when the gateway has not yet seen the previous connection's close).
+    let (confirmed, covered) = (waits("confirmed").await, waits("covered").await);
+    assert_eq!(confirmed + covered, 120.0);
+    assert!(
+        confirmed >= 40.0 && covered >= 40.0,
+        "{confirmed} {covered}"
+    );
     assert_eq!(waits("timed_out").await, 0.0);
 }
 
