@@ -389,6 +389,16 @@ pub struct Config {
     #[arg(long, env = "REDIS_UNSUBSCRIBE_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub redis_unsubscribe_grace: Duration,
 
+    /// How long Redis may stay silent while the subscriber waits for a reply before the
+    /// connection is given up and re-made (1s to 1h). Shorter stalls lose nothing.
+    #[arg(long, env = "REDIS_LIVENESS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub redis_liveness_timeout: Duration,
+
+    /// Per-user mode: how long an upgrade may wait for its user's channel subscription before
+    /// it is refused with 503 and Retry-After (1ms to 60s).
+    #[arg(long, env = "SUBSCRIBE_WAIT", default_value = "3s", value_parser = parse_duration)]
+    pub subscribe_wait: Duration,
+
     /// Log format on stderr: text or json. Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -548,6 +558,33 @@ impl Config {
                 "log_filter_file",
                 format!("cannot read '{}': {e}", path.display()),
             );
+        }
+        for (id, value, min, max) in [
+            (
+                "redis_liveness_timeout",
+                self.redis_liveness_timeout,
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+            ),
+            (
+                "subscribe_wait",
+                self.subscribe_wait,
+                Duration::from_millis(1),
+                Duration::from_secs(60),
+            ),
+        ] {
+            let show = |d: Duration| humantime::format_duration(d).to_string();
+            if value < min {
+                bad(
+                    id,
+                    format!("{} is below the minimum {}", show(value), show(min)),
+                );
+            } else if value > max {
+                bad(
+                    id,
+                    format!("{} is above the maximum {}", show(value), show(max)),
+                );
+            }
         }
         self.validate_redis(&mut bad);
         match problems.len() {
@@ -810,6 +847,11 @@ impl Config {
                 n("redis_unsubscribe_grace"),
                 dur(self.redis_unsubscribe_grace),
             ),
+            (
+                n("redis_liveness_timeout"),
+                dur(self.redis_liveness_timeout),
+            ),
+            (n("subscribe_wait"), dur(self.subscribe_wait)),
             (n("log_format"), self.log_format.as_str().into()),
             (n("log_filter_file"), path(&self.log_filter_file)),
             (n("drain_period"), dur(self.drain_period)),
@@ -1140,6 +1182,8 @@ mod tests {
         assert_eq!(c.redis_subscription, RedisSubscription::Pattern);
         assert_eq!(c.redis_sentinels, None);
         assert_eq!(c.redis_master_name, None);
+        assert_eq!(c.redis_liveness_timeout, Duration::from_secs(10));
+        assert_eq!(c.subscribe_wait, Duration::from_secs(3));
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.drain_period, Duration::from_secs(10));
         assert!(!c.redis_enabled());
@@ -1213,6 +1257,8 @@ mod tests {
         ("REDIS_MASTER_NAME", "mymaster"),
         ("REDIS_PASSWORD", "env-redis-pass"),
         ("REDIS_UNSUBSCRIBE_GRACE", "2s"),
+        ("REDIS_LIVENESS_TIMEOUT", "30s"),
+        ("SUBSCRIBE_WAIT", "1500ms"),
         ("LOG_FORMAT", "json"),
         ("LOG_FILTER_FILE", "/etc/log-filter"),
         ("DRAIN_SECONDS", "7"),
@@ -1285,6 +1331,8 @@ mod tests {
         assert_eq!(c.redis_sentinels.as_deref(), Some("s1:26379,s2:26379"));
         assert_eq!(c.redis_password.as_deref(), Some("env-redis-pass"));
         assert_eq!(c.redis_unsubscribe_grace, Duration::from_secs(2));
+        assert_eq!(c.redis_liveness_timeout, Duration::from_secs(30));
+        assert_eq!(c.subscribe_wait, Duration::from_millis(1500));
         assert_eq!(c.redis_master_name.as_deref(), Some("mymaster"));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.drain_period, Duration::from_secs(7));
@@ -1578,6 +1626,18 @@ mod tests {
         expect_invalid("JWT_SECRET_FILE", "cannot read", |c| {
             c.jwt_secret = None;
             c.jwt_secret_file = Some(PathBuf::from("/nonexistent/secret"));
+        });
+        expect_invalid("REDIS_LIVENESS_TIMEOUT", "minimum 1s", |c| {
+            c.redis_liveness_timeout = Duration::from_millis(500)
+        });
+        expect_invalid("REDIS_LIVENESS_TIMEOUT", "maximum 1h", |c| {
+            c.redis_liveness_timeout = Duration::from_secs(3601)
+        });
+        expect_invalid("SUBSCRIBE_WAIT", "minimum 1ms", |c| {
+            c.subscribe_wait = Duration::ZERO
+        });
+        expect_invalid("SUBSCRIBE_WAIT", "maximum 1m", |c| {
+            c.subscribe_wait = Duration::from_secs(61)
         });
     }
 

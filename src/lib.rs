@@ -22,12 +22,12 @@
 //!        |   its slot over (shard::handoff ->   (fanout::route, fanout::dispatch)
 //!        |   shard::inbox -> shard::session)          |
 //!        |                                      lock-free SPSC ring + doorbell (net::doorbell)
-//!  register (shard::registry), THEN send 101    to the owner shard (shard::inbox); a raw Redis
-//!  + {"type":"connected"} (shard::session),     payload is normalised there, once, and only
-//!  start the reader (shard::reader: frames      if the user has connections on this shard
-//!  proto::frame, messages proto::message)             |
-//!                                               every connection of that user on the shard:
-//!                                               non-blocking send of the shared frame, else
+//!  per-user Redis mode: wait for the user's     to the owner shard (shard::inbox); a raw Redis
+//!  channel (shard::subscription), then          payload is normalised there, once, and only
+//!  register (shard::registry), THEN send 101    if the user has connections on this shard
+//!  + {"type":"connected"} (shard::session),           |
+//!  start the reader (shard::reader: frames      every connection of that user on the shard:
+//!  proto::frame, messages proto::message)       non-blocking send of the shared frame, else
 //!                                               the bounded outbox and a writer task
 //!                                               (shard::conn; raw calls in net::sys)
 //! ```

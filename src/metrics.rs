@@ -165,6 +165,22 @@ label_enum! {
 }
 
 label_enum! {
+    /// How a per-user-mode upgrade's wait for its channel subscription ended (`outcome` label).
+    SubscribeWait("outcome") {
+        /// The user already had a connection on this gateway: no wait.
+        Covered => "covered",
+        /// Redis confirmed the channel (or it was still subscribed in its grace period).
+        Confirmed => "confirmed",
+        /// Not confirmed within SUBSCRIBE_WAIT: refused with 503.
+        TimedOut => "timed_out",
+        /// Too many upgrades waiting on this shard, or the queue to the subscriber full: 503.
+        Full => "full",
+        /// The gateway started draining during the wait: 503.
+        Draining => "draining",
+    }
+}
+
+label_enum! {
     /// accept(2) failures (`error` label).
     AcceptError("error") {
         /// Out of file descriptors (EMFILE/ENFILE); the accept loop backs off.
@@ -299,6 +315,10 @@ pub struct ShardStats {
     pub handoffs_in: AtomicU64,
     /// Time from a notification's arrival at the gateway to its socket write.
     pub delivery_latency: LatencyHistogram,
+    /// Per-user mode: upgrades' waits for their channel by [`SubscribeWait`].
+    pub subscribe_waits: [AtomicU64; SubscribeWait::N],
+    /// Per-user mode: upgrades waiting for their channel now.
+    pub subscribe_waiting: AtomicI64,
 }
 
 impl ShardStats {
@@ -368,6 +388,12 @@ impl ShardStats {
         self.outbox_bytes.fetch_add(delta, Relaxed);
     }
 
+    /// Counts how a wait for a channel subscription ended.
+    #[inline]
+    pub fn inc_subscribe_wait(&self, w: SubscribeWait) {
+        self.subscribe_waits[w as usize].fetch_add(1, Relaxed);
+    }
+
     /// A connection arrived from another shard.
     #[inline]
     pub fn inc_handoff(&self) {
@@ -380,6 +406,7 @@ impl ShardStats {
         let i = |to: &AtomicI64, from: &AtomicI64| _ = to.fetch_add(from.load(Relaxed), Relaxed);
         i(&total.connections_active, &self.connections_active);
         i(&total.outbox_bytes, &self.outbox_bytes);
+        i(&total.subscribe_waiting, &self.subscribe_waiting);
         u(&total.notifications_sent, &self.notifications_sent);
         u(&total.slow_consumers_closed, &self.slow_consumers_closed);
         u(&total.handoffs_in, &self.handoffs_in);
@@ -387,7 +414,8 @@ impl ShardStats {
             &total.delivery_latency.sum_us,
             &self.delivery_latency.sum_us,
         );
-        let arrays: [(&[AtomicU64], &[AtomicU64]); 7] = [
+        let arrays: [(&[AtomicU64], &[AtomicU64]); 8] = [
+            (&total.subscribe_waits, &self.subscribe_waits),
             (&total.connection_errors, &self.connection_errors),
             (&total.handshakes, &self.handshakes),
             (&total.auth_failures, &self.auth_failures),
@@ -417,6 +445,12 @@ pub struct GlobalStats {
     pub redis_connected: AtomicI64,
     /// Redis reconnections after a failure.
     pub redis_reconnects: AtomicU64,
+    /// Subscriber connections given up because Redis stayed silent for REDIS_LIVENESS_TIMEOUT
+    /// while a reply was due.
+    pub redis_liveness_timeouts: AtomicU64,
+    /// Milliseconds between the last byte of a lost subscribed connection and the confirmation
+    /// of the next one, summed.
+    pub redis_unsubscribed_ms: AtomicU64,
     /// Notifications dropped before reaching a shard, by [`DropReason`].
     pub notifications_dropped: [AtomicU64; DropReason::N],
     /// Requests to the publish API.
@@ -588,6 +622,22 @@ const REDIS_EVENTS: Family = ("redis_events_consumed", "Messages received from R
 const REDIS_ERRORS: Family = ("redis_errors", "Redis failures by type.");
 const REDIS_CONNECTED: Family = ("redis_connected", "1 while subscribed to Redis, else 0.");
 const REDIS_RECONNECTS: Family = ("redis_reconnects", "Redis reconnections after a failure.");
+const REDIS_LIVENESS: Family = (
+    "redis_liveness_timeouts",
+    "Subscriber connections given up after REDIS_LIVENESS_TIMEOUT of silence while a reply was due.",
+);
+const REDIS_UNSUBSCRIBED: Family = (
+    "redis_unsubscribed_seconds",
+    "Time not subscribed after losing a subscribed connection; notifications published then may be lost.",
+);
+const SUBSCRIBE_WAITS: Family = (
+    "websocket_subscribe_waits",
+    "Per-user mode: how upgrades' waits for their channel subscription ended.",
+);
+const SUBSCRIBE_WAITING: Family = (
+    "websocket_subscribe_waiting",
+    "Per-user mode: upgrades waiting for their channel subscription now.",
+);
 const PUBLISH: Family = ("publish_requests", "Requests to the publish API.");
 const PUBLISH_RESPONSES: Family = ("publish_responses", "Publish API answers by HTTP status.");
 const PUBLISH_INFLIGHT: Family = (
@@ -673,6 +723,17 @@ impl Collector for GatewayCollector {
         labelled::<RedisError>(e, REDIS_ERRORS, &g.redis_errors)?;
         gauge(e, REDIS_CONNECTED, &g.redis_connected)?;
         counter(e, REDIS_RECONNECTS, &g.redis_reconnects)?;
+        counter(e, REDIS_LIVENESS, &g.redis_liveness_timeouts)?;
+        let unsubscribed = g.redis_unsubscribed_ms.load(Relaxed) as f64 / 1000.0;
+        e.encode_descriptor(
+            REDIS_UNSUBSCRIBED.0,
+            REDIS_UNSUBSCRIBED.1,
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&unsubscribed, None)?;
+        labelled::<SubscribeWait>(e, SUBSCRIBE_WAITS, &t.subscribe_waits)?;
+        gauge(e, SUBSCRIBE_WAITING, &t.subscribe_waiting)?;
         counter(e, PUBLISH, &g.publish_requests)?;
         labelled::<PublishStatus>(e, PUBLISH_RESPONSES, &g.publish_responses)?;
         gauge(e, PUBLISH_INFLIGHT, &g.publish_inflight_bytes)?;
@@ -695,7 +756,7 @@ mod tests {
     use super::*;
 
     /// (family name as in `# HELP`/`# TYPE`, type) for every exported family.
-    const FAMILIES: [(&str, &str); 23] = [
+    const FAMILIES: [(&str, &str); 27] = [
         ("websocket_connections_active", "gauge"),
         ("websocket_connections_per_shard", "gauge"),
         ("notifications_sent", "counter"),
@@ -713,6 +774,10 @@ mod tests {
         ("redis_errors", "counter"),
         ("redis_connected", "gauge"),
         ("redis_reconnects", "counter"),
+        ("redis_liveness_timeouts", "counter"),
+        ("redis_unsubscribed_seconds", "counter"),
+        ("websocket_subscribe_waits", "counter"),
+        ("websocket_subscribe_waiting", "gauge"),
         ("publish_requests", "counter"),
         ("publish_responses", "counter"),
         ("publish_inflight_bytes", "gauge"),

@@ -30,6 +30,7 @@ use crate::{
         local::LocalBroker,
         redis::{
             publisher::Publisher,
+            requests,
             subscriber::Subscriber,
             target::{Target, TargetError},
         },
@@ -46,6 +47,7 @@ use crate::{
         handoff::Outlets,
         inbox::Inbox,
         shared::{Shared, Slots},
+        subscription::Gate,
     },
 };
 
@@ -221,7 +223,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
         cfg.drain_period,
     ));
     let doorbells: Vec<Arc<Doorbell>> = (0..shards).map(|_| Arc::default()).collect();
-    let shard_doorbells = doorbells.clone();
+    let mut shard_doorbells = doorbells.clone();
 
     // Delivery rings: dispatcher -> each shard.
     let (delivery_tx, delivery_rx): (Vec<_>, Vec<_>) = (0..shards)
@@ -247,13 +249,21 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     } else {
         Vec::new()
     };
-    // Per-user subscriptions: shards tell the subscriber who is connected here.
-    let (membership_tx, membership_rx) = match (&redis, cfg.redis_subscription) {
+    // Per-user subscriptions: shards ask the subscriber for their users' channels and wait
+    // for its answers before answering upgrades.
+    let (mut gates, requests) = match (&redis, cfg.redis_subscription) {
         (Some(_), RedisSubscription::PerUser) => {
-            let (tx, rx) = mpsc::channel();
-            (Some(tx), Some(rx))
+            let (sides, subscriber) = requests::channels(shards);
+            // The drain must wake the answer tasks too (they refuse the waiting upgrades).
+            shard_doorbells.extend(subscriber.doorbells.iter().cloned());
+            let gates = sides
+                .into_iter()
+                .enumerate()
+                .map(|(id, side)| Some(Gate::new(id, side, cfg.subscribe_wait)))
+                .collect();
+            (gates, Some(subscriber))
         }
-        _ => (None, None),
+        _ => ((0..shards).map(|_| None).collect::<Vec<_>>(), None),
     };
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
     let mut threads = Vec::with_capacity(shards);
@@ -276,7 +286,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
                 doorbell: doorbells[id].clone(),
             },
             outlets: Outlets::new(outlets, doorbells.clone()),
-            membership: membership_tx.clone(),
+            subscription: gates[id].take(),
             ready: ready_tx.clone(),
         };
         let ready = ready_tx.clone();
@@ -319,7 +329,6 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
         FULL_QUEUE_WAIT,
         metrics.global().clone(),
     );
-    drop(membership_tx);
     let broker = match redis {
         None => Broker::Local {
             broker: LocalBroker::start(dispatcher).map_err(|e| StartError::Thread {
@@ -335,8 +344,10 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
                 prefix: cfg.redis_channel_prefix.clone(),
                 mode: cfg.redis_subscription,
                 dispatcher,
-                events: membership_rx,
+                requests,
                 grace: cfg.redis_unsubscribe_grace,
+                liveness: cfg.redis_liveness_timeout,
+                max_payload_bytes: cfg.max_publish_bytes,
                 stats: metrics.global().clone(),
                 ready: subscribed.clone(),
             }

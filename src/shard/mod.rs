@@ -16,6 +16,7 @@ pub mod refusal;
 pub mod registry;
 pub mod session;
 pub mod shared;
+pub mod subscription;
 pub mod sweep;
 
 use std::{
@@ -31,7 +32,6 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use self::{handoff::Outlets, inbox::Inbox, registry::Registry, shared::Shared};
 use crate::{
-    fanout::redis::membership,
     metrics::ShardStats,
     proto::{frame, upgrade::HandshakeConfig},
 };
@@ -98,8 +98,8 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     /// Queues to the other shards for hand-offs.
     pub outlets: RefCell<Outlets>,
-    /// Tells the Redis subscriber which users are here (per-user subscriptions only).
-    pub membership: Option<std::sync::mpsc::Sender<membership::Event>>,
+    /// Per-user Redis subscriptions: upgrades wait for their channel (per-user mode only).
+    pub subscription: Option<subscription::Gate>,
     /// Origin of [`Self::now_ms`].
     epoch: Instant,
     /// Set by the drain when the shard has nothing left to do; its thread then ends.
@@ -109,17 +109,10 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Reports a user's first connection on this gateway to the subscriber, if it tracks them.
-    pub fn user_joined(&self, user: &str) {
-        if let Some(tx) = &self.membership {
-            let _ = tx.send(membership::Event::Joined(user.into()));
-        }
-    }
-
-    /// Reports that a user's last connection on this gateway is gone.
+    /// Reports that a user's last connection on this gateway is gone (per-user mode).
     pub fn user_left(&self, user: &str) {
-        if let Some(tx) = &self.membership {
-            let _ = tx.send(membership::Event::Left(user.into()));
+        if let Some(gate) = &self.subscription {
+            gate.left(user);
         }
     }
 
@@ -160,8 +153,8 @@ pub struct ShardSetup {
     pub inbox: Inbox,
     /// Outgoing hand-off queues.
     pub outlets: Outlets,
-    /// Membership events for the Redis subscriber (per-user mode).
-    pub membership: Option<std::sync::mpsc::Sender<membership::Event>>,
+    /// The per-user subscription gate (per-user Redis mode).
+    pub subscription: Option<subscription::Gate>,
     /// Told `Ok(id)` once the shard serves (or the error that stopped it).
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
 }
@@ -204,7 +197,7 @@ async fn main(setup: ShardSetup) -> io::Result<()> {
         scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
         shared: setup.shared,
         outlets: RefCell::new(setup.outlets),
-        membership: setup.membership,
+        subscription: setup.subscription,
         epoch: Instant::now(),
         finished: std::cell::Cell::new(false),
         stop_accepting: RefCell::new(None),
@@ -214,6 +207,9 @@ async fn main(setup: ShardSetup) -> io::Result<()> {
     *shard.stop_accepting.borrow_mut() = Some(canceller);
     monoio::spawn(accept::run(shard.clone(), listener, stop));
     monoio::spawn(sweep::run(shard.clone()));
+    if shard.subscription.is_some() {
+        monoio::spawn(subscription::run(shard.clone()));
+    }
     inbox::run(shard, setup.inbox).await;
     Ok(())
 }

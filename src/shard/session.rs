@@ -9,6 +9,7 @@ use monoio::net::TcpStream;
 
 use super::{
     Shard, admission::Admitted, conn::Conn, handoff::Handoff, reader, refusal, shared::Slot,
+    subscription,
 };
 use crate::{
     clock,
@@ -34,7 +35,7 @@ pub async fn open(shard: &Rc<Shard>, admitted: Admitted) {
             shard,
             stream,
             Rc::from(user.as_str()),
-            &accept_key,
+            accept_key,
             leftover,
             slot,
         );
@@ -73,7 +74,7 @@ pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
             shard,
             stream,
             Rc::from(handoff.user.as_str()),
-            &handoff.accept_key,
+            handoff.accept_key,
             handoff.leftover,
             handoff.slot,
         ),
@@ -84,10 +85,26 @@ pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
     }
 }
 
+/// [`greet`]s the connection once its user's Redis channel is subscribed (per-user mode; may
+/// wait in a task of its own, or refuse with 503), else at once.
+fn establish(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    user: Rc<str>,
+    accept_key: String,
+    leftover: Vec<u8>,
+    slot: Slot,
+) {
+    let owner = shard.clone();
+    subscription::when_subscribed(shard, user, stream, move |stream, user| {
+        greet(&owner, stream, user, &accept_key, leftover, slot);
+    });
+}
+
 /// Registers the connection, answers the upgrade with `101` and `connected`, and starts its
 /// reader (which owns the slot from now on). Registration comes first, so every notification
 /// that follows reaches the client after `connected`.
-fn establish(
+fn greet(
     shard: &Rc<Shard>,
     stream: TcpStream,
     user: Rc<str>,
@@ -102,9 +119,6 @@ fn establish(
         .registry
         .borrow_mut()
         .insert(conn.clone(), shard.limits.max_connections_per_user);
-    if inserted.first_for_user {
-        shard.user_joined(&conn.user);
-    }
     shard.stats.connections_active.fetch_add(1, Relaxed);
     shard.stats.inc_handshake(HandshakeOutcome::Accepted);
     tracing::debug!(shard = shard.id, user = %conn.user, "connected");

@@ -161,6 +161,42 @@ impl RedisProc {
             .unwrap()
     }
 
+    /// Starts a server on a free port that accepts `DEBUG SLEEP` from loopback.
+    pub fn start_debuggable() -> Self {
+        Self::start_on(free_port(), &["--enable-debug-command", "local"])
+    }
+
+    /// Stalls the server for `d` with `DEBUG SLEEP` (it answers nobody meanwhile) from a thread
+    /// of its own; join the handle to wait for the end of the stall.
+    pub fn stall(&self, d: Duration) -> std::thread::JoinHandle<()> {
+        let mut con = self.conn();
+        con.set_read_timeout(Some(d + Duration::from_secs(30)))
+            .unwrap();
+        // Written before returning, so whatever the caller sends next queues behind it.
+        let command = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(d.as_secs_f64())
+            .get_packed_command();
+        con.send_packed_command(&command).unwrap();
+        std::thread::spawn(move || {
+            let reply = con.recv_response().unwrap();
+            assert_eq!(reply, redis::Value::Okay);
+        })
+    }
+
+    /// How many times the server has run `command` (lowercase), from `INFO commandstats`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.conn())
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     /// `kill -9` the process.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

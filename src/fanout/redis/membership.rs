@@ -1,49 +1,95 @@
 //! Per-user subscription bookkeeping for `REDIS_SUBSCRIPTION=per-user` (pure logic, no I/O).
 //!
-//! Shards report when a user gets its first connection on this gateway (`Joined`) and when its
-//! last one goes (`Left`). The subscriber subscribes joined users at once (batched) and
-//! unsubscribes a user only after it has been gone for a grace period, so a phone that
-//! reconnects every few seconds does not thrash Redis with SUBSCRIBE/UNSUBSCRIBE pairs.
+//! A shard asks for a user's channel before it answers that user's first upgrade ([`Event::Want`],
+//! with a [`Ticket`] to answer), and reports when the user's last connection is gone
+//! ([`Event::Left`]). The subscriber SUBSCRIBEs wanted users in batches and answers each ticket
+//! once Redis has confirmed the channel, at once when the channel is already active (also
+//! during its unsubscribe grace period). A channel is unsubscribed only after its user has been
+//! gone for the grace period, so a phone that reconnects every few seconds does not thrash
+//! Redis with SUBSCRIBE/UNSUBSCRIBE pairs.
+//!
+//! Every ticket is answered exactly once: subscribed when its channel is confirmed, not
+//! subscribed when the user's entry is dropped before that (it left and its grace ran out while
+//! Redis was unreachable). Shards bound their outstanding tickets by that.
 
 use std::{
     collections::{HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
+use smallvec::SmallVec;
+
+/// Identifies one waiting upgrade: which shard waits, and its number there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The waiting shard.
+    pub shard: usize,
+    /// The shard's number for this wait.
+    pub id: u64,
+}
+
+/// The subscriber's answer to a [`Ticket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// [`Ticket::id`].
+    pub id: u64,
+    /// Whether the user's channel is subscribed and confirmed by Redis.
+    pub subscribed: bool,
+}
+
 /// A change in the set of users connected to this gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The user's first connection was registered.
-    Joined(Box<str>),
-    /// The user's last connection was removed.
+    /// A connection of this user waits for its channel (its first one on this gateway, or
+    /// another one while the first still waits). Answer `ticket` once subscribed.
+    Want {
+        /// The user.
+        user: Box<str>,
+        /// Where to answer.
+        ticket: Ticket,
+    },
+    /// The user has no connection and no waiting upgrade left on this gateway.
     Left(Box<str>),
 }
 
-/// State of one user's channel.
+/// A channel's subscription on the current Redis connection, in 8 bytes (one per connected
+/// user): to be sent, sent in the SUBSCRIBE command numbered so and not confirmed yet, or
+/// confirmed by Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Channel {
-    /// Connected here and subscribed (or about to be).
-    Wanted,
-    /// Gone since this instant; unsubscribed when the grace period ends unless it rejoins.
-    Leaving(Instant),
+struct Sub(u64);
+
+impl Sub {
+    const PENDING: Sub = Sub(0);
+    const ACTIVE: Sub = Sub(u64::MAX);
+
+    /// Sent in SUBSCRIBE number `seq` (numbers start at 1 and never reach `u64::MAX`).
+    fn sent(seq: u64) -> Sub {
+        debug_assert!(seq != 0 && seq != u64::MAX);
+        Sub(seq)
+    }
 }
 
-/// What the subscriber should change on its Redis connection.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Changes {
-    /// Users to SUBSCRIBE.
-    pub subscribe: Vec<Box<str>>,
-    /// Users to UNSUBSCRIBE.
-    pub unsubscribe: Vec<Box<str>>,
+/// One user's channel (24 bytes; the tickets of waiting upgrades are kept apart, only while
+/// there are any, so that an idle user costs no more than this and its id).
+#[derive(Debug)]
+struct Entry {
+    sub: Sub,
+    /// Gone since then (no connection left); unsubscribed when the grace period ends.
+    leaving: Option<Instant>,
 }
+
+/// Users whose channel is now confirmed, or given up, with the tickets to answer.
+pub type Answers = Vec<(Ticket, bool)>;
 
 /// The users this gateway holds and the channels it keeps subscribed.
 pub struct Membership {
-    /// Subscribed (or to-be-subscribed) users.
-    users: HashMap<Box<str>, Channel>,
-    /// Joined since the last [`Self::take_changes`].
+    /// Every user with a channel (wanted, or leaving within its grace period).
+    users: HashMap<Box<str>, Entry>,
+    /// Tickets to answer when a user's channel is confirmed (users not yet confirmed only).
+    waiters: HashMap<Box<str>, SmallVec<[Ticket; 1]>>,
+    /// Users in [`Sub::Pending`], in arrival order (entries may be stale).
     to_subscribe: Vec<Box<str>>,
-    /// Users that left, in leave order (entries may be stale if they rejoined).
+    /// Users that left, in leave order (entries may be stale if they came back).
     leaving: VecDeque<(Instant, Box<str>)>,
     /// How long a departed user's channel is kept.
     grace: Duration,
@@ -54,53 +100,111 @@ impl Membership {
     pub fn new(grace: Duration) -> Self {
         Self {
             users: HashMap::new(),
+            waiters: HashMap::new(),
             to_subscribe: Vec::new(),
             leaving: VecDeque::new(),
             grace,
         }
     }
 
-    /// Applies one shard event.
-    pub fn apply(&mut self, event: Event, now: Instant) {
+    /// Applies one shard event. Returns a ticket that can be answered "subscribed" at once
+    /// (its channel is active).
+    pub fn apply(&mut self, event: Event, now: Instant) -> Option<Ticket> {
         match event {
-            Event::Joined(user) => match self.users.insert(user.clone(), Channel::Wanted) {
-                // Already subscribed (it was only leaving): nothing to send.
-                Some(_) => {}
-                None => self.to_subscribe.push(user),
-            },
+            Event::Want { user, ticket } => {
+                let entry = match self.users.get_mut(&user) {
+                    Some(entry) => entry,
+                    None => {
+                        self.to_subscribe.push(user.clone());
+                        self.users.entry(user.clone()).or_insert(Entry {
+                            sub: Sub::PENDING,
+                            leaving: None,
+                        })
+                    }
+                };
+                entry.leaving = None;
+                if entry.sub == Sub::ACTIVE {
+                    return Some(ticket);
+                }
+                self.waiters.entry(user).or_default().push(ticket);
+                None
+            }
             Event::Left(user) => {
-                if let Some(state) = self.users.get_mut(&user) {
-                    *state = Channel::Leaving(now);
+                if let Some(entry) = self.users.get_mut(&user) {
+                    entry.leaving = Some(now);
                     self.leaving.push_back((now, user));
                 }
+                None
             }
         }
     }
 
-    /// The subscriptions to change now: every newly joined user, and users whose grace period
-    /// has run out.
-    pub fn take_changes(&mut self, now: Instant) -> Changes {
-        let mut changes = Changes {
-            subscribe: std::mem::take(&mut self.to_subscribe),
-            unsubscribe: Vec::new(),
-        };
+    /// Takes the users to SUBSCRIBE now (batch them, then report each batch with
+    /// [`Self::sent`]).
+    pub fn take_to_subscribe(&mut self) -> Vec<Box<str>> {
+        let mut users = std::mem::take(&mut self.to_subscribe);
+        let mut seen = std::collections::HashSet::with_capacity(users.len());
+        users.retain(|u| {
+            self.users.get(u).is_some_and(|e| e.sub == Sub::PENDING) && seen.insert(u.clone())
+        });
+        users
+    }
+
+    /// Records that `users` were sent in the SUBSCRIBE command numbered `seq`.
+    pub fn sent(&mut self, users: &[Box<str>], seq: u64) {
+        for user in users {
+            if let Some(entry) = self.users.get_mut(user) {
+                entry.sub = Sub::sent(seq);
+            }
+        }
+    }
+
+    /// Redis confirmed `user`'s channel in reply to SUBSCRIBE number `seq`: the tickets to
+    /// answer. A confirmation for an older command (the user was unsubscribed and wanted again
+    /// since) changes nothing.
+    pub fn confirmed(&mut self, user: &str, seq: u64) -> SmallVec<[Ticket; 1]> {
+        match self.users.get_mut(user) {
+            Some(entry) if entry.sub == Sub::sent(seq) => {
+                entry.sub = Sub::ACTIVE;
+                self.waiters.remove(user).unwrap_or_default()
+            }
+            _ => SmallVec::new(),
+        }
+    }
+
+    /// The users whose grace period has run out: drop them (UNSUBSCRIBE those that were sent),
+    /// and answer their remaining tickets "not subscribed".
+    pub fn take_expired(&mut self, now: Instant) -> (Vec<Box<str>>, Answers) {
+        let mut unsubscribe = Vec::new();
+        let mut answers = Vec::new();
         while let Some((since, _)) = self.leaving.front() {
             if now.duration_since(*since) < self.grace {
                 break;
             }
             let (since, user) = self.leaving.pop_front().expect("front exists");
-            // Only if it is still leaving from that very departure (not rejoined since).
-            if self.users.get(&user) == Some(&Channel::Leaving(since)) {
-                self.users.remove(&user);
-                changes.unsubscribe.push(user);
+            // Only if it is still leaving from that very departure (not back since).
+            let current = self.users.get(&user).and_then(|e| e.leaving);
+            if current != Some(since) {
+                continue;
+            }
+            let entry = self.users.remove(&user).expect("checked above");
+            let waiters = self.waiters.remove(&user).unwrap_or_default();
+            answers.extend(waiters.into_iter().map(|t| (t, false)));
+            if entry.sub != Sub::PENDING {
+                unsubscribe.push(user);
             }
         }
-        changes
+        (unsubscribe, answers)
     }
 
-    /// Every user whose channel should be subscribed (after a reconnect).
-    pub fn all(&self) -> impl Iterator<Item = &str> {
-        self.users.keys().map(|u| &**u)
+    /// The connection to Redis is gone: no channel is subscribed any more. Every user is to be
+    /// subscribed again, and wants arriving meanwhile wait for that.
+    pub fn connection_lost(&mut self) {
+        self.to_subscribe.clear();
+        for (user, entry) in &mut self.users {
+            entry.sub = Sub::PENDING;
+            self.to_subscribe.push(user.clone());
+        }
     }
 
     /// Number of channels held.
@@ -117,37 +221,68 @@ mod tests {
         s.into()
     }
 
-    #[test]
-    fn subscribes_on_join_and_unsubscribes_after_grace() {
-        let t0 = Instant::now();
-        let grace = Duration::from_secs(5);
-        let mut m = Membership::new(grace);
-        m.apply(Event::Joined(u("a")), t0);
-        m.apply(Event::Joined(u("b")), t0);
-        assert_eq!(m.take_changes(t0).subscribe, vec![u("a"), u("b")]);
-        assert_eq!(m.take_changes(t0), Changes::default());
-        m.apply(Event::Left(u("a")), t0);
-        assert_eq!(
-            m.take_changes(t0 + Duration::from_secs(4)),
-            Changes::default()
-        );
-        let later = m.take_changes(t0 + grace);
-        assert_eq!(later.unsubscribe, vec![u("a")]);
-        assert_eq!(m.all().collect::<Vec<_>>(), vec!["b"]);
+    fn t(id: u64) -> Ticket {
+        Ticket { shard: 0, id }
+    }
+
+    fn want(m: &mut Membership, user: &str, id: u64, now: Instant) -> Option<Ticket> {
+        m.apply(
+            Event::Want {
+                user: u(user),
+                ticket: t(id),
+            },
+            now,
+        )
     }
 
     #[test]
-    fn rejoin_within_grace_keeps_the_subscription_without_commands() {
+    fn answers_once_confirmed_and_unsubscribes_after_grace() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(5);
+        let mut m = Membership::new(grace);
+        assert_eq!(want(&mut m, "a", 1, t0), None);
+        assert_eq!(want(&mut m, "b", 2, t0), None);
+        assert_eq!(want(&mut m, "a", 3, t0), None);
+        let batch = m.take_to_subscribe();
+        assert_eq!(batch, vec![u("a"), u("b")]);
+        m.sent(&batch, 7);
+        assert!(m.take_to_subscribe().is_empty());
+        assert!(
+            m.confirmed("a", 6).is_empty(),
+            "an older command confirms nothing"
+        );
+        assert_eq!(m.confirmed("a", 7).to_vec(), vec![t(1), t(3)]);
+        assert_eq!(m.confirmed("b", 7).to_vec(), vec![t(2)]);
+        // Active: answered at once.
+        assert_eq!(want(&mut m, "a", 4, t0), Some(t(4)));
+        m.apply(Event::Left(u("a")), t0);
+        assert_eq!(
+            m.take_expired(t0 + Duration::from_secs(4)).0,
+            Vec::<Box<str>>::new()
+        );
+        // Within the grace period the channel still covers a new connection.
+        m.apply(Event::Left(u("b")), t0);
+        let (unsub, answers) = m.take_expired(t0 + grace);
+        assert_eq!(unsub, vec![u("a"), u("b")]);
+        assert!(answers.is_empty());
+        assert_eq!(m.len(), 0);
+    }
+
+    #[test]
+    fn coming_back_within_grace_keeps_the_channel_without_commands() {
         let t0 = Instant::now();
         let mut m = Membership::new(Duration::from_secs(5));
-        m.apply(Event::Joined(u("a")), t0);
-        m.take_changes(t0);
+        want(&mut m, "a", 1, t0);
+        let batch = m.take_to_subscribe();
+        m.sent(&batch, 1);
+        m.confirmed("a", 1);
         m.apply(Event::Left(u("a")), t0);
-        m.apply(Event::Joined(u("a")), t0 + Duration::from_secs(1));
         assert_eq!(
-            m.take_changes(t0 + Duration::from_secs(10)),
-            Changes::default()
+            want(&mut m, "a", 2, t0 + Duration::from_secs(1)),
+            Some(t(2))
         );
+        assert!(m.take_to_subscribe().is_empty());
+        assert_eq!(m.take_expired(t0 + Duration::from_secs(10)).0.len(), 0);
         assert_eq!(m.len(), 1);
     }
 
@@ -155,20 +290,59 @@ mod tests {
     fn leaving_twice_counts_from_the_last_departure() {
         let t0 = Instant::now();
         let mut m = Membership::new(Duration::from_secs(5));
-        m.apply(Event::Joined(u("a")), t0);
+        want(&mut m, "a", 1, t0);
         m.apply(Event::Left(u("a")), t0);
-        m.apply(Event::Joined(u("a")), t0 + Duration::from_secs(3));
+        want(&mut m, "a", 2, t0 + Duration::from_secs(3));
         m.apply(Event::Left(u("a")), t0 + Duration::from_secs(4));
-        m.take_changes(t0);
+        assert!(m.take_expired(t0 + Duration::from_secs(6)).0.is_empty());
+        // Never sent: nothing to UNSUBSCRIBE, but both tickets are answered.
+        let (unsub, answers) = m.take_expired(t0 + Duration::from_secs(9));
+        assert!(unsub.is_empty());
+        assert_eq!(answers, vec![(t(1), false), (t(2), false)]);
         assert!(
-            m.take_changes(t0 + Duration::from_secs(6))
-                .unsubscribe
-                .is_empty()
+            m.take_to_subscribe().is_empty(),
+            "a dropped user is not subscribed"
         );
+    }
+
+    #[test]
+    fn a_lost_connection_resubscribes_everyone_and_wants_wait_for_it() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(Duration::from_secs(5));
+        want(&mut m, "a", 1, t0);
+        let batch = m.take_to_subscribe();
+        m.sent(&batch, 1);
+        m.confirmed("a", 1);
+        m.connection_lost();
         assert_eq!(
-            m.take_changes(t0 + Duration::from_secs(9)).unsubscribe,
-            vec![u("a")]
+            want(&mut m, "a", 2, t0),
+            None,
+            "not active on the new connection yet"
         );
+        let batch = m.take_to_subscribe();
+        assert_eq!(batch, vec![u("a")]);
+        m.sent(&batch, 1);
+        assert_eq!(m.confirmed("a", 1).to_vec(), vec![t(2)]);
+    }
+
+    #[test]
+    fn an_unsubscribe_racing_a_new_want_is_not_mistaken_for_its_confirmation() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(Duration::ZERO);
+        want(&mut m, "a", 1, t0);
+        let batch = m.take_to_subscribe();
+        m.sent(&batch, 1);
+        m.apply(Event::Left(u("a")), t0);
+        // Gone before its confirmation: its ticket is answered, the channel unsubscribed.
+        assert_eq!(m.take_expired(t0), (vec![u("a")], vec![(t(1), false)]));
+        want(&mut m, "a", 2, t0);
+        let batch = m.take_to_subscribe();
+        m.sent(&batch, 3);
+        assert!(
+            m.confirmed("a", 1).is_empty(),
+            "the old SUBSCRIBE's late reply"
+        );
+        assert_eq!(m.confirmed("a", 3).to_vec(), vec![t(2)]);
     }
 
     #[test]
@@ -176,6 +350,6 @@ mod tests {
         let mut m = Membership::new(Duration::ZERO);
         m.apply(Event::Left(u("ghost")), Instant::now());
         assert_eq!(m.len(), 0);
-        assert_eq!(m.take_changes(Instant::now()), Changes::default());
+        assert_eq!(m.take_expired(Instant::now()), (vec![], vec![]));
     }
 }

@@ -5,51 +5,59 @@
 //! then immediate, counted drops (see `dispatch`), because Redis disconnects a subscriber whose
 //! output buffer outgrows `client-output-buffer-limit pubsub`, which would lose far more.
 //!
+//! A slow Redis is not a dead Redis: the connection is kept while it is open, and given up only
+//! when a reply has been due and nothing at all arrived for `REDIS_LIVENESS_TIMEOUT` (see
+//! [`replies`](super::replies)); reads never time out in the middle of anything (see
+//! [`link`](super::link)). So a stall shorter than that loses nothing: what Redis queued for
+//! this connection arrives when it wakes. Commands are pipelined: the thread never waits for a
+//! reply while messages are due, and matches replies to commands as they come.
+//!
+//! Per-user mode: shards ask for a user's channel before answering its upgrade; wants are
+//! batched into SUBSCRIBE commands of up to [`BATCH`] channels (a connect storm costs one round
+//! trip per batch, not per user), and each is answered once Redis confirms its channel.
+//!
 //! Faults: any connection error ends the session; the thread reconnects with exponential backoff
 //! and full jitter (50 ms doubling to 1 s), re-discovers the master (Sentinel), resubscribes
-//! everything, and `/readyz` reports not ready meanwhile. Idle connections are pinged so a dead
-//! peer is noticed; under Sentinel the master's address is re-checked every few seconds, so a
-//! failover that leaves the old master alive as a replica is followed too.
+//! everything, and `/readyz` reports not ready meanwhile. Under Sentinel the master's address is
+//! re-checked every few seconds, so a failover that leaves the old master alive as a replica is
+//! followed too. The time between the last byte of a lost connection and the confirmation of the
+//! next one is counted: notifications published in it may have been lost.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
+        atomic::{AtomicBool, Ordering::Relaxed},
     },
     thread,
     time::{Duration, Instant},
 };
 
-use redis::{RedisError, RedisResult};
-
 use super::{
+    link::{Link, LinkError},
     membership::{Event, Membership},
+    replies::{Expect, InFlight, Liveness, Verdict},
+    requests::SubscriberSide,
+    resp,
     target::Target,
 };
-use bytes::Bytes;
-
 use crate::{
     config::RedisSubscription,
-    fanout::{Body, Delivery, dispatch::Dispatcher},
-    metrics::{DropReason, GlobalStats, RedisError as RedisErrorLabel},
+    fanout::dispatch::Dispatcher,
+    metrics::{GlobalStats, RedisError as RedisErrorLabel},
 };
 
-/// Read timeout: how often an idle subscriber wakes to apply subscription changes. Bounds the
-/// delay before a newly connected user's channel is subscribed in per-user mode.
-const POLL: Duration = Duration::from_millis(20);
-/// Messages handled between checks for subscription changes while traffic flows.
-const CHECK_EVERY: u32 = 256;
-/// Silence after which the subscriber pings Redis to detect a dead connection.
-const PING_AFTER: Duration = Duration::from_secs(5);
+/// How often timers (liveness, grace periods, Sentinel) are looked at when nothing arrives.
+const TICK: Duration = Duration::from_millis(50);
 /// How often the master's address is re-checked with the sentinels.
 const SENTINEL_CHECK: Duration = Duration::from_secs(2);
-/// Connect and write timeout towards Redis.
+/// Connect (and TLS handshake, and AUTH) timeout towards Redis.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Nice value asked for the subscriber thread (needs CAP_SYS_NICE; ignored without it).
 const SUBSCRIBER_NICE: i32 = -10;
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command.
-const BATCH: usize = 1000;
+pub const BATCH: usize = 1000;
+/// Shard events handled per turn of the loop, between reads.
+pub(super) const EVENT_BUDGET: usize = 4096;
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -64,25 +72,45 @@ pub struct Subscriber {
     pub mode: RedisSubscription,
     /// Producer of every shard ring.
     pub dispatcher: Dispatcher,
-    /// Users joining/leaving this gateway (per-user mode).
-    pub events: Option<mpsc::Receiver<Event>>,
+    /// Wants and departures from the shards, answers back (per-user mode).
+    pub requests: Option<SubscriberSide>,
     /// Per-user unsubscribe grace period.
     pub grace: Duration,
+    /// How long Redis may stay silent while a reply is due (`REDIS_LIVENESS_TIMEOUT`).
+    pub liveness: Duration,
+    /// Largest payload buffered; longer messages are skipped and counted (`MAX_PUBLISH_BYTES`).
+    pub max_payload_bytes: usize,
     /// Redis counters.
     pub stats: Arc<GlobalStats>,
     /// True while subscribed (drives `/readyz`).
     pub ready: Arc<AtomicBool>,
 }
 
+/// One connection's state besides the socket.
+pub(super) struct Session {
+    /// Commands awaiting replies.
+    pub(super) inflight: InFlight,
+    /// Commands to write at the end of this turn.
+    pub(super) out: Vec<u8>,
+    /// The first PING's reply arrived: everything sent before it is in force.
+    pub(super) subscribed: bool,
+    /// The master's address, for logs and the Sentinel check.
+    pub(super) master: String,
+}
+
 impl Subscriber {
     /// Starts the thread.
     pub fn spawn(self) -> std::io::Result<thread::JoinHandle<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
         thread::Builder::new()
             .name("redis-subscriber".into())
-            .spawn(move || self.run())
+            .spawn(move || runtime.block_on(self.run()))
     }
 
-    fn run(mut self) {
+    async fn run(mut self) {
         // Shards can shed load (bounded rings, counted drops); the subscriber cannot: if it
         // falls behind, Redis disconnects it and far more is lost. Where permitted, let the
         // scheduler favour it over the shards.
@@ -92,16 +120,24 @@ impl Subscriber {
         let mut membership = Membership::new(self.grace);
         let mut backoff = BACKOFF_MIN;
         let mut logged_down = false;
+        // The last byte of the last subscribed connection, while not subscribed again.
+        let mut lost_at: Option<Instant> = None;
         loop {
             let started = Instant::now();
-            let (err, subscribed) = self.session(&mut membership);
-            if subscribed {
+            let (err, last_rx) = self.session(&mut membership, &mut lost_at).await;
+            membership.connection_lost();
+            if let Some(last_rx) = last_rx {
                 // This outage is a new one: warn about it once.
                 logged_down = false;
+                lost_at = Some(last_rx);
             }
-            self.ready.store(false, Ordering::Release);
+            self.ready
+                .store(false, std::sync::atomic::Ordering::Release);
             self.stats.set_redis_connected(false);
             self.stats.inc_redis_error(RedisErrorLabel::Connection);
+            if matches!(err, LinkError::Silent(_)) {
+                self.stats.redis_liveness_timeouts.fetch_add(1, Relaxed);
+            }
             if !logged_down {
                 tracing::warn!(target = %self.target.describe(), error = %err,
                     "Redis connection lost; reconnecting with backoff");
@@ -113,97 +149,132 @@ impl Subscriber {
             if started.elapsed() > Duration::from_secs(10) {
                 backoff = BACKOFF_MIN;
             }
-            let pause = jitter(backoff);
-            let until = Instant::now() + pause;
-            while Instant::now() < until {
-                // Keep the membership current while disconnected.
-                self.drain_events(&mut membership);
-                thread::sleep((until - Instant::now()).min(POLL));
-            }
+            self.pause(jitter(backoff), &mut membership).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            self.stats
-                .redis_reconnects
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats.redis_reconnects.fetch_add(1, Relaxed);
         }
     }
 
-    /// One connection's life: connect, subscribe, read until an error. Also says whether it got
-    /// as far as subscribing.
-    fn session(&mut self, membership: &mut Membership) -> (RedisError, bool) {
-        match self.try_session(membership) {
-            Ok(never) => match never {},
-            Err(e) => (e, self.ready.load(Ordering::Acquire)),
+    /// Waits `pause` while keeping the membership current (wants wait for the next
+    /// connection; users whose grace ran out are dropped).
+    async fn pause(&mut self, pause: Duration, membership: &mut Membership) {
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            self.drain_events(membership);
+            let (_, answers) = membership.take_expired(Instant::now());
+            self.answer_all(answers.into_iter());
+            if tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep_until(until.min(tokio::time::Instant::now() + TICK)).await;
         }
     }
 
-    fn try_session(
+    /// One connection's life: connect, subscribe, read until an error. Also returns when the
+    /// last byte arrived if it got as far as being subscribed.
+    async fn session(
         &mut self,
         membership: &mut Membership,
-    ) -> RedisResult<std::convert::Infallible> {
+        lost_at: &mut Option<Instant>,
+    ) -> (LinkError, Option<Instant>) {
+        let mut link = None;
+        let mut subscribed = false;
+        let err = match self
+            .try_session(membership, lost_at, &mut link, &mut subscribed)
+            .await
+        {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        let last_rx = link.filter(|_| subscribed).map(|l: Link| l.last_rx);
+        (err, last_rx)
+    }
+
+    async fn try_session(
+        &mut self,
+        membership: &mut Membership,
+        lost_at: &mut Option<Instant>,
+        link_slot: &mut Option<Link>,
+        subscribed: &mut bool,
+    ) -> Result<std::convert::Infallible, LinkError> {
         let client = self.target.client()?;
-        let master = client.get_connection_info().addr().to_string();
-        let mut con = client.get_connection_with_timeout(IO_TIMEOUT)?;
-        con.set_write_timeout(Some(IO_TIMEOUT))?;
-        let mut pubsub = con.as_pubsub();
-        pubsub.set_read_timeout(Some(POLL))?;
-        match self.mode {
-            RedisSubscription::Pattern => pubsub.psubscribe(format!("{}*", self.prefix))?,
-            RedisSubscription::PerUser => {
-                self.drain_events(membership);
-                // Everything current is resubscribed below, so pending changes are moot.
-                let _ = membership.take_changes(Instant::now());
-                let all: Vec<String> = membership
-                    .all()
-                    .map(|u| format!("{}{u}", self.prefix))
-                    .collect();
-                for batch in all.chunks(BATCH) {
-                    pubsub.subscribe(batch)?;
+        let info = client.get_connection_info().clone();
+        let link =
+            link_slot.insert(Link::connect(&info, self.max_payload_bytes, IO_TIMEOUT).await?);
+        let settings = info.redis_settings();
+        if let Some(password) = settings.password() {
+            match settings.username() {
+                Some(user) => {
+                    link.command_ok(&["AUTH", user, password], IO_TIMEOUT)
+                        .await?
                 }
+                None => link.command_ok(&["AUTH", password], IO_TIMEOUT).await?,
             }
         }
-        self.stats.set_redis_connected(true);
-        self.ready.store(true, Ordering::Release);
-        tracing::info!(target = %self.target.describe(), master = %master,
-            mode = self.mode.as_str(), channels = membership.len(), "subscribed to Redis");
-
-        let mut since_check = 0u32;
-        let mut last_traffic = Instant::now();
+        let mut s = Session {
+            inflight: InFlight::default(),
+            out: Vec::with_capacity(4096),
+            subscribed: false,
+            master: info.addr().to_string(),
+        };
+        let now = Instant::now();
+        match self.mode {
+            RedisSubscription::Pattern => {
+                let pattern = format!("{}*", self.prefix);
+                resp::encode_command(&["PSUBSCRIBE", pattern.as_str()], &mut s.out);
+                s.inflight.sent(Expect::PSubscribe, 1, now);
+            }
+            RedisSubscription::PerUser => {
+                self.drain_events(membership);
+                self.subscribe_wanted(membership, &mut s, now);
+            }
+        }
+        // Replies come in order: once this PING is answered, every subscription above is in
+        // force.
+        resp::encode_command(&["PING"], &mut s.out);
+        s.inflight.sent(Expect::Pong, 1, now);
+        let live = Liveness {
+            timeout: self.liveness,
+        };
         let mut last_sentinel_check = Instant::now();
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether the last wake-up was the ticker's: the socket had nothing to read then (the
+        // read is polled first), so silence is real and not this thread being late.
+        let mut ticked = false;
         loop {
-            match pubsub.get_message() {
-                Ok(msg) => {
-                    self.on_message(msg.get_channel_name(), msg.get_payload_bytes());
-                    since_check += 1;
-                    last_traffic = Instant::now();
-                }
-                Err(e) if e.is_timeout() => {
-                    since_check = CHECK_EVERY;
-                    if last_traffic.elapsed() >= PING_AFTER {
-                        let _: redis::Value = pubsub.ping()?;
-                        last_traffic = Instant::now();
-                    }
-                }
-                Err(e) => return Err(e),
+            // Everything received so far.
+            while let Some(next) = link.next()? {
+                self.on_frame(next, membership, &mut s)?;
             }
-            if since_check < CHECK_EVERY {
-                continue;
+            if s.subscribed && !*subscribed {
+                *subscribed = true;
+                self.on_subscribed(&s, membership, lost_at);
             }
-            since_check = 0;
+            let now = Instant::now();
             if self.mode == RedisSubscription::PerUser {
                 self.drain_events(membership);
-                let changes = membership.take_changes(Instant::now());
-                let channels = |users: Vec<Box<str>>| -> Vec<String> {
-                    users
-                        .iter()
-                        .map(|u| format!("{}{u}", self.prefix))
-                        .collect()
-                };
-                for batch in channels(changes.subscribe).chunks(BATCH) {
-                    pubsub.subscribe(batch)?;
+                let (leaving, answers) = membership.take_expired(now);
+                self.answer_all(answers.into_iter());
+                for batch in leaving.chunks(BATCH) {
+                    resp::encode_prefixed(
+                        b"UNSUBSCRIBE",
+                        self.prefix.as_bytes(),
+                        batch,
+                        &mut s.out,
+                    );
+                    s.inflight.sent(Expect::Unsubscribe, batch.len(), now);
                 }
-                for batch in channels(changes.unsubscribe).chunks(BATCH) {
-                    pubsub.unsubscribe(batch)?;
+                self.subscribe_wanted(membership, &mut s, now);
+            }
+            match live.check(&s.inflight, link.last_rx, now) {
+                Verdict::Alive => {}
+                Verdict::Probe => {
+                    resp::encode_command(&["PING"], &mut s.out);
+                    s.inflight.sent(Expect::Pong, 1, now);
                 }
+                Verdict::Dead if ticked => return Err(LinkError::Silent(self.liveness)),
+                Verdict::Dead => {}
             }
             if matches!(self.target, Target::Sentinel { .. })
                 && last_sentinel_check.elapsed() >= SENTINEL_CHECK
@@ -213,47 +284,47 @@ impl Subscriber {
                 // that does not answer right now is not a reason to drop a working connection.
                 if let Ok(now) = self.target.client() {
                     let now = now.get_connection_info().addr().to_string();
-                    if now != master {
-                        return Err(RedisError::from(std::io::Error::other(format!(
-                            "the sentinels moved the master from {master} to {now}"
-                        ))));
+                    if now != s.master {
+                        return Err(LinkError::Moved {
+                            from: s.master,
+                            to: now,
+                        });
                     }
                 }
             }
-        }
-    }
-
-    /// Routes one message to its user's shard. Deliberately minimal: validation and
-    /// normalisation happen on the owner shard (see [`Body::Raw`]).
-    fn on_message(&mut self, channel: &str, payload: &[u8]) {
-        self.stats
-            .redis_events_consumed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let user = match channel.strip_prefix(self.prefix.as_str()) {
-            Some(user) if !user.is_empty() => user,
-            _ => {
-                self.stats
-                    .inc_redis_error(RedisErrorLabel::MessageProcessing);
-                self.stats.inc_drop(DropReason::InvalidPayload, 1);
-                return;
+            if !s.out.is_empty() {
+                link.send(&s.out, self.liveness).await?;
+                s.out.clear();
             }
-        };
-        // A full ring is counted by the dispatcher; nothing more to do here.
-        let _ = self.dispatcher.dispatch(Delivery {
-            user: user.into(),
-            body: Body::Raw(Bytes::copy_from_slice(payload)),
-            received: Instant::now(),
-            reply: None,
-        });
-    }
-
-    fn drain_events(&mut self, membership: &mut Membership) {
-        if let Some(events) = &self.events {
-            let now = Instant::now();
-            while let Ok(event) = events.try_recv() {
-                membership.apply(event, now);
+            let events = self.requests.as_mut().map(|r| &mut r.events);
+            let woke = tokio::select! {
+                biased;
+                read = link.fill() => Wake::Read(read),
+                _ = ticker.tick() => Wake::Tick,
+                event = next_event(events) => Wake::Event(event),
+            };
+            ticked = matches!(woke, Wake::Tick);
+            match woke {
+                Wake::Read(read) => read?,
+                Wake::Event(event) => self.apply(event, membership),
+                Wake::Tick => {}
             }
         }
+    }
+}
+
+/// What woke the session.
+enum Wake {
+    Read(Result<(), LinkError>),
+    Event(Option<Event>),
+    Tick,
+}
+
+/// The next shard event; never resolves without a queue.
+async fn next_event(events: Option<&mut tokio::sync::mpsc::Receiver<Event>>) -> Option<Event> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
     }
 }
 
