@@ -107,6 +107,24 @@ impl Tracker {
         self.end_seq.is_some()
     }
 
+    /// Expected numbers below `below` (and below `published`, the user's next sequence number)
+    /// that never arrived.
+    #[must_use]
+    pub fn unseen_below(&self, below: u64, published: u64) -> u64 {
+        let hi = below.min(self.end_seq.unwrap_or(published));
+        if hi <= self.first_seq {
+            return 0;
+        }
+        let n = hi - self.first_seq;
+        let (full, rest) = ((n / 64) as usize, n % 64);
+        let word = |i: usize| self.seen.get(i).copied().unwrap_or(0);
+        let mut seen: u64 = (0..full).map(|i| u64::from(word(i).count_ones())).sum();
+        if rest > 0 {
+            seen += u64::from((word(full) & ((1u64 << rest) - 1)).count_ones());
+        }
+        n - seen
+    }
+
     /// Final counts, given the user's next sequence number at the end of the phase.
     #[must_use]
     pub fn counts(&self, published: u64) -> DeliveryCounts {
@@ -231,6 +249,18 @@ mod tests {
             (3, 1, 2, 1, 2)
         );
         assert!(c.consistent());
+    }
+
+    #[test]
+    fn unseen_below_counts_missing_numbers_in_a_prefix() {
+        let mut t = Tracker::new(10);
+        for s in (10..200).filter(|s| s % 3 != 0) {
+            t.on_seq(s, 200);
+        }
+        let missing = |hi: u64| (10..hi).filter(|s| s % 3 == 0).count() as u64;
+        for hi in [0, 10, 11, 64, 74, 75, 150, 200, 500] {
+            assert_eq!(t.unseen_below(hi, 200), missing(hi.min(200)), "below {hi}");
+        }
     }
 
     #[test]

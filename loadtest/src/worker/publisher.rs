@@ -1,5 +1,7 @@
-//! The worker's Redis publisher: one pipelined connection, written in batches (one `write` per
-//! batch, one clock read per batch for the payloads' `sent_us`), replies counted by a reader task.
+//! The worker's publisher: one pipelined connection to Redis (`PUBLISH`) or to the gateway's
+//! publish API (`POST /v1/publish`, keep-alive, pipelined: history is recorded only there), written
+//! in batches (one `write` per batch, one clock read per batch for the payloads' `sent_us`),
+//! replies counted by a reader task.
 //!
 //! A phase publishes either open loop (a fixed rate on an absolute schedule; the lag behind it is
 //! reported) or closed loop (`rate == 0`: keep at most `window` expected deliveries in flight,
@@ -23,20 +25,46 @@ use super::state::{Worker, now_us};
 use crate::{
     proto::{PhaseSpec, Pick},
     stats::pacer::Pacer,
-    wire::{message, resp},
+    wire::{http, message, resp},
 };
 
 /// How long a closed-loop window may stay full with no delivery before it is written off.
 const STALL: Duration = Duration::from_millis(500);
 
-/// Connects the worker's publisher to Redis.
+/// Connects the worker's publisher to Redis, or to the publish API when the plan names one.
 pub async fn connect(w: &Rc<Worker>, addr: SocketAddr) -> io::Result<()> {
     let s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let (r, wr) = s.into_split();
-    tokio::task::spawn_local(read_replies(w.clone(), r));
+    if w.plan.publish_api.is_some() {
+        tokio::task::spawn_local(read_responses(w.clone(), r));
+    } else {
+        tokio::task::spawn_local(read_replies(w.clone(), r));
+    }
     *w.redis.borrow_mut() = Some(wr);
     Ok(())
+}
+
+/// Counts the publish API's answers; anything but 2xx is an error.
+async fn read_responses(w: Rc<Worker>, mut r: OwnedReadHalf) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match r.read(&mut buf[len..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => len += n,
+        }
+        let Ok((answers, used)) = http::scan_responses(&buf[..len]) else {
+            w.redis_errors.set(w.redis_errors.get() + 1);
+            return;
+        };
+        w.redis_errors.set(w.redis_errors.get() + answers.errors);
+        buf.copy_within(used..len, 0);
+        len -= used;
+    }
 }
 
 async fn read_replies(w: Rc<Worker>, mut r: OwnedReadHalf) {
@@ -77,15 +105,24 @@ impl Picker<'_> {
     }
 }
 
+/// Reused buffers for building one notification.
+#[derive(Default)]
+struct Parts {
+    payload: Vec<u8>,
+    channel: Vec<u8>,
+    body: Vec<u8>,
+}
+
 /// Appends `count` notifications to `buf`, each to a user from `picker`, stamped `now`; returns
 /// the expected deliveries they add. With `min_expected`, stops early once that many are added.
+/// A recovering client expects every notification to its user, open or not.
 fn fill(
     w: &Worker,
     picker: &mut Picker<'_>,
     count: u64,
     min_expected: Option<u64>,
     buf: &mut Vec<u8>,
-    payload: &mut Vec<u8>,
+    parts: &mut Parts,
     pad: &str,
 ) -> (u64, u64) {
     let now = now_us();
@@ -94,11 +131,26 @@ fn fill(
     while sent < count && min_expected.is_none_or(|m| expected < m) {
         let u = picker.next(w);
         let user = &mut users[u];
-        payload.clear();
-        message::write_payload(payload, user.next_seq, now, pad);
+        parts.payload.clear();
+        message::write_payload(&mut parts.payload, user.next_seq, now, pad);
         user.next_seq += 1;
-        resp::write_publish(buf, &user.channel, payload);
-        expected += u64::from(user.open);
+        match &w.plan.publish_api {
+            None => {
+                parts.channel.clear();
+                w.write_channel(u, &mut parts.channel);
+                resp::write_publish(buf, &parts.channel, &parts.payload);
+            }
+            Some(api) => {
+                parts.body.clear();
+                http::write_single_body(&mut parts.body, &w.user_name(u), &parts.payload);
+                http::write_post(buf, api, &parts.body);
+            }
+        }
+        expected += if w.plan.recover {
+            u64::from(w.plan.conns_per_user)
+        } else {
+            u64::from(user.open)
+        };
         sent += 1;
     }
     (sent, expected)
@@ -127,7 +179,7 @@ pub async fn run(w: &Rc<Worker>, spec: &PhaseSpec, targets: &[usize]) -> io::Res
         pick: spec.pick,
         next: 0,
     };
-    let (mut buf, mut payload) = (Vec::with_capacity(1 << 16), Vec::with_capacity(256));
+    let (mut buf, mut parts) = (Vec::with_capacity(1 << 16), Parts::default());
     let result: io::Result<()> = async {
         if targets.is_empty() {
             sleep(duration).await;
@@ -146,7 +198,7 @@ pub async fn run(w: &Rc<Worker>, spec: &PhaseSpec, targets: &[usize]) -> io::Res
                 if n > 0 {
                     buf.clear();
                     let (sent, expected) =
-                        fill(w, &mut picker, n, None, &mut buf, &mut payload, &pad);
+                        fill(w, &mut picker, n, None, &mut buf, &mut parts, &pad);
                     {
                         let mut ph = w.phase.borrow_mut();
                         ph.expected += expected;
@@ -171,15 +223,8 @@ pub async fn run(w: &Rc<Worker>, spec: &PhaseSpec, targets: &[usize]) -> io::Res
                 if in_flight <= window / 2 {
                     buf.clear();
                     let room = window - in_flight;
-                    let (sent, expected) = fill(
-                        w,
-                        &mut picker,
-                        room,
-                        Some(room),
-                        &mut buf,
-                        &mut payload,
-                        &pad,
-                    );
+                    let (sent, expected) =
+                        fill(w, &mut picker, room, Some(room), &mut buf, &mut parts, &pad);
                     {
                         let mut ph = w.phase.borrow_mut();
                         ph.expected += expected;
@@ -228,9 +273,9 @@ pub async fn probe(w: &Rc<Worker>, users: &[usize]) -> io::Result<()> {
         pick: Pick::RoundRobin,
         next: 0,
     };
-    let (mut buf, mut payload) = (Vec::new(), Vec::new());
+    let (mut buf, mut parts) = (Vec::new(), Parts::default());
     let n = users.len() as u64;
-    fill(w, &mut picker, n, None, &mut buf, &mut payload, "");
+    fill(w, &mut picker, n, None, &mut buf, &mut parts, "");
     let now = now_us();
     for &u in users {
         w.users.borrow_mut()[u].last_probe_us = now;

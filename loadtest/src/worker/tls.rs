@@ -1,0 +1,212 @@
+//! `wss://` clients: one rustls configuration per worker (ring provider, TLS 1.3 and 1.2, ALPN
+//! `http/1.1`), trusting a given CA file or — for benchmarks only, loudly — anything.
+//!
+//! Session resumption: rustls's default store keeps a handful of tickets per server name, so in a
+//! reconnect storm of thousands of clients to one name almost every reconnect would pay a full
+//! handshake. Real clients each keep their own ticket; [`TicketPool`] models that with a pool of
+//! up to one ticket per connection of the worker (TLS 1.3 tickets are single-use: a reconnect takes
+//! one, and the new session's tickets refill the pool).
+
+use std::{
+    collections::VecDeque,
+    fmt,
+    sync::{Arc, Mutex},
+};
+
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::{
+        ClientSessionStore,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    crypto::{CryptoProvider, ring, verify_tls12_signature, verify_tls13_signature},
+    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
+};
+
+use crate::proto::TlsPlan;
+
+/// Tickets kept per connection slot (a server sends two per TLS 1.3 session by default).
+const TICKETS_PER_CONN: usize = 1;
+
+/// The TLS side of a worker.
+pub struct Client {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
+impl Client {
+    /// Builds the configuration for `plan`, with a ticket pool sized for `conns` connections.
+    pub fn new(plan: &TlsPlan, conns: usize) -> Result<Self, String> {
+        let provider = Arc::new(ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let mut config = if plan.insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+                .with_no_client_auth()
+        } else {
+            let mut roots = RootCertStore::empty();
+            let path = plan
+                .ca_file
+                .as_ref()
+                .ok_or("wss:// needs --tls-ca-file (or --tls-insecure for benchmarks)")?;
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?
+            {
+                let cert = cert.map_err(|e| format!("reading {}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| e.to_string())?;
+            }
+            if roots.is_empty() {
+                return Err(format!("no certificate in {}", path.display()));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.resumption = rustls::client::Resumption::store(Arc::new(TicketPool::new(
+            conns.max(1) * TICKETS_PER_CONN,
+        )));
+        let server_name = ServerName::try_from(plan.server_name.clone())
+            .map_err(|e| format!("TLS server name {:?}: {e}", plan.server_name))?;
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+}
+
+/// Accepts any server certificate (signatures are still checked). `--tls-insecure` only.
+struct AnyCert(Arc<CryptoProvider>);
+
+impl fmt::Debug for AnyCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AnyCert")
+    }
+}
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A bounded pool of session tickets for one server (the oldest is dropped when full).
+pub struct TicketPool {
+    cap: usize,
+    inner: Mutex<Pool>,
+}
+
+#[derive(Default)]
+struct Pool {
+    kx_hint: Option<rustls::NamedGroup>,
+    tls12: Option<rustls::client::Tls12ClientSessionValue>,
+    tls13: VecDeque<rustls::client::Tls13ClientSessionValue>,
+}
+
+impl TicketPool {
+    /// A pool of at most `cap` TLS 1.3 tickets.
+    #[must_use]
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            inner: Mutex::new(Pool::default()),
+        }
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for TicketPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TicketPool({} tickets)", self.pool().tls13.len())
+    }
+}
+
+impl ClientSessionStore for TicketPool {
+    fn set_kx_hint(&self, _: ServerName<'static>, group: rustls::NamedGroup) {
+        self.pool().kx_hint = Some(group);
+    }
+
+    fn kx_hint(&self, _: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.pool().kx_hint
+    }
+
+    fn set_tls12_session(
+        &self,
+        _: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.pool().tls12 = Some(value);
+    }
+
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.pool().tls12.clone()
+    }
+
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {
+        self.pool().tls12 = None;
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        _: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        let mut p = self.pool();
+        if p.tls13.len() >= self.cap {
+            p.tls13.pop_front();
+        }
+        p.tls13.push_back(value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        _: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.pool().tls13.pop_back()
+    }
+}
