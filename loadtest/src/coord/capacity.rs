@@ -101,6 +101,8 @@ pub async fn run(a: CapacityArgs) -> Result<Report, CoordError> {
         broadcast: None,
         storm: None,
         killed_pid: None,
+        fds_connected: fds(&a.server_pids),
+        fds_after_storm: Vec::new(),
         end: MemSample::default(),
         timeline: Vec::new(),
     };
@@ -137,6 +139,13 @@ pub async fn run(a: CapacityArgs) -> Result<Report, CoordError> {
     if let Some(pid) = a.kill_pid {
         out.storm = Some(kill_storm(&mut s, &a, pid).await?);
         out.killed_pid = Some(pid);
+        let survivors: Vec<u32> = a
+            .server_pids
+            .iter()
+            .copied()
+            .filter(|&p| p != pid)
+            .collect();
+        out.fds_after_storm = fds(&survivors);
     }
     out.end = read(&mut s);
     if let Some(sm) = s.fleet.sampler.take() {
@@ -144,6 +153,14 @@ pub async fn run(a: CapacityArgs) -> Result<Report, CoordError> {
     }
     s.report.capacity = Some(out);
     s.finish().await
+}
+
+/// Open descriptors of each process (those still running).
+fn fds(pids: &[u32]) -> Vec<u64> {
+    pids.iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+        .map(|d| d.count() as u64)
+        .collect()
 }
 
 /// Keeps the display and the sampler going for `d`.

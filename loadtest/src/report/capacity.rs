@@ -120,6 +120,10 @@ pub struct CapacityReport {
     pub broadcast: Option<BroadcastReport>,
     pub storm: Option<StormReport>,
     pub killed_pid: Option<u32>,
+    /// Open descriptors of each gateway process once everything is connected, and of each
+    /// survivor after the storm: how evenly SO_REUSEPORT spread the connections.
+    pub fds_connected: Vec<u64>,
+    pub fds_after_storm: Vec<u64>,
     pub end: MemSample,
     pub timeline: Vec<MemSample>,
 }
