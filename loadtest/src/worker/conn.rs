@@ -150,7 +150,7 @@ fn target_for(w: &Worker, id: usize) -> (String, bool) {
 }
 
 /// Puts an opened connection in the reactor and feeds it what already arrived.
-fn install(w: &Rc<Worker>, id: usize, o: Opened, asked: bool) -> Result<(), ConnError> {
+pub(super) fn install(w: &Rc<Worker>, id: usize, o: Opened, asked: bool) -> Result<(), ConnError> {
     w.reactor.add(&o.sock, id)?;
     if o.resumed {
         w.tls_resumed.set(w.tls_resumed.get() + 1);

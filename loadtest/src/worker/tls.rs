@@ -23,7 +23,7 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
 };
 
-use crate::proto::TlsPlan;
+pub use crate::proto::TlsPlan;
 
 /// Tickets kept per connection slot (a server sends two per TLS 1.3 session by default).
 const TICKETS_PER_CONN: usize = 1;
@@ -208,5 +208,140 @@ impl ClientSessionStore for TicketPool {
         _: &ServerName<'static>,
     ) -> Option<rustls::client::Tls13ClientSessionValue> {
         self.pool().tls13.pop_back()
+    }
+}
+
+#[cfg(test)]
+#[path = "../../tests/support/wss_server.rs"]
+mod wss_server;
+
+#[cfg(test)]
+mod tests {
+    //! Against the small tokio-rustls server in `tests/support/wss_server.rs`.
+
+    use std::{
+        net::Ipv4Addr,
+        rc::Rc,
+        sync::atomic::Ordering,
+        time::{Duration, Instant},
+    };
+
+    use super::super::{conn, reactor, state::Worker};
+    use crate::{proto::WorkerPlan, wire::frame::opcode};
+
+    use super::wss_server;
+
+    fn plan(addr: std::net::SocketAddr, tls: super::TlsPlan) -> WorkerPlan {
+        WorkerPlan {
+            worker: 0,
+            host: format!("localhost:{}", addr.port()),
+            addr,
+            path: "/notifications".into(),
+            jwt_secret: "s".repeat(32),
+            user_prefix: "u".into(),
+            users: vec![0],
+            conns_per_user: 1,
+            source_ips: vec![Ipv4Addr::LOCALHOST],
+            connect_rate: 0.0,
+            connect_concurrency: 4,
+            connect_timeout_ms: 5000,
+            redis: None,
+            publish_api: None,
+            tls: Some(tls),
+            recover: false,
+            payload_bytes: 0,
+            reconnect: None,
+            interval_ms: 1000,
+            progress_ms: 250,
+            seed: 1,
+        }
+    }
+
+    fn ca(name: &str) -> super::TlsPlan {
+        super::TlsPlan {
+            ca_file: Some(wss_server::tls_dir().join(name)),
+            insecure: false,
+            server_name: "localhost".into(),
+        }
+    }
+
+    /// Polls `cond` every 5 ms until it holds or 10 s pass.
+    async fn until(cond: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            if Instant::now() > end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    fn run(f: impl AsyncFnOnce()) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, f());
+    }
+
+    #[test]
+    fn reconnect_resumes_the_session_and_the_reactor_speaks_tls() {
+        run(async || {
+            let server = wss_server::WssServer::start().await;
+            let w = Worker::new(plan(server.addr, ca("ca.pem"))).unwrap();
+            tokio::task::spawn_local(reactor::run(w.clone()));
+            let target = "/notifications?token=t";
+            let first = conn::open(&w, Ipv4Addr::LOCALHOST, target).await.unwrap();
+            assert!(!first.resumed, "nothing to resume yet");
+            assert_eq!(
+                first.tls.as_ref().unwrap().alpn_protocol(),
+                Some(&b"http/1.1"[..])
+            );
+            conn::install(&w, 0, first, false).unwrap();
+            // Through the reactor: an encrypted ping out, the encrypted pong read and counted.
+            assert!(reactor::send(&w, 0, opcode::TEXT, reactor::PING));
+            assert!(until(|| w.pongs.get() == 1).await, "pong over TLS");
+            // The server drops it; the reactor sees the end and frees the slot.
+            server.drop_all();
+            assert!(until(|| w.open.get() == 0).await, "drop detected");
+            let again = conn::open(&w, Ipv4Addr::LOCALHOST, target).await.unwrap();
+            assert!(again.resumed, "the reconnect resumed with a pooled ticket");
+            assert_eq!(server.resumed.load(Ordering::SeqCst), 1);
+            assert_eq!(server.full.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    #[test]
+    fn an_unknown_ca_fails_as_tls_and_insecure_skips_the_check() {
+        run(async || {
+            let server = wss_server::WssServer::start().await;
+            let w = Worker::new(plan(server.addr, ca("other-ca.pem"))).unwrap();
+            let err = conn::open(&w, Ipv4Addr::LOCALHOST, "/n?token=t")
+                .await
+                .err()
+                .expect("an unrelated CA must not verify the server");
+            assert_eq!(err.kind(), "tls", "{err}");
+            let insecure = super::TlsPlan {
+                ca_file: None,
+                insecure: true,
+                server_name: "localhost".into(),
+            };
+            let w: Rc<Worker> = Worker::new(plan(server.addr, insecure)).unwrap();
+            assert!(
+                conn::open(&w, Ipv4Addr::LOCALHOST, "/n?token=t")
+                    .await
+                    .is_ok()
+            );
+            let missing = super::TlsPlan {
+                ca_file: None,
+                insecure: false,
+                server_name: "localhost".into(),
+            };
+            assert!(
+                super::Client::new(&missing, 1).is_err(),
+                "a CA or --tls-insecure"
+            );
+        });
     }
 }
