@@ -95,43 +95,48 @@ pub struct Responses {
 #[error("the publish API's answer is not HTTP/1.1")]
 pub struct NotHttp;
 
+/// The first complete response in `buf`: its status and length, or `None` if incomplete.
+pub fn next_response(buf: &[u8]) -> Result<Option<(u16, usize)>, NotHttp> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(NotHttp),
+    };
+    let len = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .unwrap_or(0);
+    if buf.len() < head + len {
+        return Ok(None);
+    }
+    Ok(Some((resp.code.unwrap_or(0), head + len)))
+}
+
 /// Counts the complete responses at the start of `buf`; returns the counts and the bytes consumed
 /// (a partial response is left for the next read).
 pub fn scan_responses(buf: &[u8]) -> Result<(Responses, usize), NotHttp> {
     let mut r = Responses::default();
     let mut used = 0;
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        let head = match resp.parse(&buf[used..]) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Ok((r, used)),
-            Err(_) => return Err(NotHttp),
-        };
-        let len = resp
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| {
-                std::str::from_utf8(h.value)
-                    .ok()?
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-            })
-            .unwrap_or(0);
-        if buf.len() - used < head + len {
-            return Ok((r, used));
-        }
-        let code = resp.code.unwrap_or(0);
+    while let Some((code, n)) = next_response(&buf[used..])? {
         if (200..300).contains(&code) {
             r.ok += 1;
         } else {
             r.errors += 1;
         }
         r.last_status = code;
-        used += head + len;
+        used += n;
     }
+    Ok((r, used))
 }
 
 #[cfg(test)]

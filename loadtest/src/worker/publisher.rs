@@ -17,7 +17,10 @@ use std::{
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpStream, tcp::OwnedReadHalf},
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
     time::{sleep, sleep_until, timeout},
 };
 
@@ -31,13 +34,18 @@ use crate::{
 /// How long a closed-loop window may stay full with no delivery before it is written off.
 const STALL: Duration = Duration::from_millis(500);
 
+/// Publish API: time between reconnect attempts while it is down.
+const RETRY: Duration = Duration::from_millis(100);
+
 /// Connects the worker's publisher to Redis, or to the publish API when the plan names one.
 pub async fn connect(w: &Rc<Worker>, addr: SocketAddr) -> io::Result<()> {
     let s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let (r, wr) = s.into_split();
     if w.plan.publish_api.is_some() {
-        tokio::task::spawn_local(read_responses(w.clone(), r));
+        let gen_ = w.api_gen.get() + 1;
+        w.api_gen.set(gen_);
+        tokio::task::spawn_local(read_responses(w.clone(), r, gen_));
     } else {
         tokio::task::spawn_local(read_replies(w.clone(), r));
     }
@@ -45,8 +53,10 @@ pub async fn connect(w: &Rc<Worker>, addr: SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
-/// Counts the publish API's answers; anything but 2xx is an error.
-async fn read_responses(w: Rc<Worker>, mut r: OwnedReadHalf) {
+/// Matches the publish API's answers to the requests in flight (in order); anything but 2xx
+/// voids its notification. When the connection ends, whatever is still unanswered on it is voided
+/// too (its outcome is unknown).
+async fn read_responses(w: Rc<Worker>, mut r: OwnedReadHalf, gen_: u32) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut len = 0;
     loop {
@@ -54,16 +64,80 @@ async fn read_responses(w: Rc<Worker>, mut r: OwnedReadHalf) {
             buf.resize(len * 2, 0);
         }
         match r.read(&mut buf[len..]).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => break,
             Ok(n) => len += n,
         }
-        let Ok((answers, used)) = http::scan_responses(&buf[..len]) else {
-            w.redis_errors.set(w.redis_errors.get() + 1);
-            return;
-        };
-        w.redis_errors.set(w.redis_errors.get() + answers.errors);
+        let mut used = 0;
+        loop {
+            match http::next_response(&buf[used..len]) {
+                Ok(Some((status, n))) => {
+                    used += n;
+                    let front = w.inflight.borrow_mut().pop_front();
+                    if !(200..300).contains(&status) {
+                        w.redis_errors.set(w.redis_errors.get() + 1);
+                        if let Some((u, seq, _)) = front {
+                            w.void(u as usize, seq);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    w.redis_errors.set(w.redis_errors.get() + 1);
+                    len = 0;
+                    used = 0;
+                    break;
+                }
+            }
+        }
         buf.copy_within(used..len, 0);
         len -= used;
+    }
+    loop {
+        let front = {
+            let mut q = w.inflight.borrow_mut();
+            match q.front() {
+                Some(&(_, _, g)) if g == gen_ => q.pop_front(),
+                _ => None,
+            }
+        };
+        let Some((u, seq, _)) = front else { break };
+        w.void(u as usize, seq);
+    }
+}
+
+/// Publish API: a connection again after it broke, at most one attempt per call.
+async fn reconnect_api(w: &Rc<Worker>) -> Option<OwnedWriteHalf> {
+    let addr = w.plan.publish_api.as_ref()?.addr;
+    let s = timeout(Duration::from_millis(200), TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    s.set_nodelay(true).ok()?;
+    let (r, wr) = s.into_split();
+    let gen_ = w.api_gen.get() + 1;
+    w.api_gen.set(gen_);
+    tokio::task::spawn_local(read_responses(w.clone(), r, gen_));
+    Some(wr)
+}
+
+/// Writes a batch. Through the publish API a broken connection is not fatal: the batch's requests
+/// are voided by the reader when it sees the end, and the publisher reconnects.
+async fn write_batch(
+    w: &Rc<Worker>,
+    conn: &mut Option<OwnedWriteHalf>,
+    buf: &[u8],
+) -> io::Result<()> {
+    let Some(c) = conn.as_mut() else {
+        return Ok(());
+    };
+    match c.write_all(buf).await {
+        Ok(()) => Ok(()),
+        Err(_) if w.plan.publish_api.is_some() => {
+            // Closing our half makes the reader see the end and void what is unanswered.
+            *conn = None;
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -144,6 +218,9 @@ fn fill(
                 parts.body.clear();
                 http::write_single_body(&mut parts.body, &w.user_name(u), &parts.payload);
                 http::write_post(buf, api, &parts.body);
+                w.inflight
+                    .borrow_mut()
+                    .push_back((u as u32, user.next_seq - 1, w.api_gen.get()));
             }
         }
         expected += if w.plan.recover {
@@ -170,9 +247,11 @@ pub async fn run(w: &Rc<Worker>, spec: &PhaseSpec, targets: &[usize]) -> io::Res
     let duration = Duration::from_millis(spec.duration_ms);
     let start = Instant::now();
     let taken = w.redis.borrow_mut().take();
-    let Some(mut redis) = taken else {
+    if taken.is_none() && w.plan.publish_api.is_none() {
         return Err(io::Error::other("no Redis connection"));
-    };
+    }
+    let mut redis = taken;
+    let mut last_try = Instant::now();
     let pad = "x".repeat(w.plan.payload_bytes);
     let mut picker = Picker {
         targets,
@@ -195,7 +274,15 @@ pub async fn run(w: &Rc<Worker>, spec: &PhaseSpec, targets: &[usize]) -> io::Res
                     break;
                 }
                 let n = pacer.due(el);
-                if n > 0 {
+                if n > 0 && redis.is_none() && last_try.elapsed() >= RETRY {
+                    last_try = Instant::now();
+                    redis = reconnect_api(w).await;
+                }
+                if n > 0 && redis.is_none() {
+                    // The publish API is down: these are not published at all.
+                    pacer.issue(n);
+                    w.publish_skipped.set(w.publish_skipped.get() + n);
+                } else if n > 0 {
                     buf.clear();
                     let (sent, expected) =
                         fill(w, &mut picker, n, None, &mut buf, &mut parts, &pad);
@@ -204,7 +291,7 @@ pub async fn run(w: &Rc<Worker>, spec: &PhaseSpec, targets: &[usize]) -> io::Res
                         ph.expected += expected;
                         ph.publish_commands += sent;
                     }
-                    redis.write_all(&buf).await?;
+                    write_batch(w, &mut redis, &buf).await?;
                     pacer.issue(n);
                     out.max_lag_us = out.max_lag_us.max(pacer.lag_us(el));
                 }
@@ -220,6 +307,13 @@ pub async fn run(w: &Rc<Worker>, spec: &PhaseSpec, targets: &[usize]) -> io::Res
                     let ph = w.phase.borrow();
                     (ph.in_flight(), ph.delivered)
                 };
+                if redis.is_none() {
+                    redis = reconnect_api(w).await;
+                    if redis.is_none() {
+                        sleep(RETRY).await;
+                        continue;
+                    }
+                }
                 if in_flight <= window / 2 {
                     buf.clear();
                     let room = window - in_flight;
@@ -230,7 +324,7 @@ pub async fn run(w: &Rc<Worker>, spec: &PhaseSpec, targets: &[usize]) -> io::Res
                         ph.expected += expected;
                         ph.publish_commands += sent;
                     }
-                    redis.write_all(&buf).await?;
+                    write_batch(w, &mut redis, &buf).await?;
                     continue;
                 }
                 w.publisher_waiting.set(true);
@@ -249,7 +343,7 @@ pub async fn run(w: &Rc<Worker>, spec: &PhaseSpec, targets: &[usize]) -> io::Res
         Ok(())
     }
     .await;
-    *w.redis.borrow_mut() = Some(redis);
+    *w.redis.borrow_mut() = redis;
     result?;
     out.publish_end_us = now_us();
     let drain_end = Instant::now() + Duration::from_millis(spec.drain_ms);
@@ -265,7 +359,7 @@ pub async fn probe(w: &Rc<Worker>, users: &[usize]) -> io::Result<()> {
         return Ok(());
     }
     let taken = w.redis.borrow_mut().take();
-    let Some(mut redis) = taken else {
+    let Some(redis) = taken else {
         return Ok(());
     }; // a phase is publishing
     let mut picker = Picker {
@@ -281,7 +375,8 @@ pub async fn probe(w: &Rc<Worker>, users: &[usize]) -> io::Result<()> {
         w.users.borrow_mut()[u].last_probe_us = now;
     }
     w.storm.borrow_mut().probes += n;
-    let res = redis.write_all(&buf).await;
-    *w.redis.borrow_mut() = Some(redis);
+    let mut conn = Some(redis);
+    let res = write_batch(w, &mut conn, &buf).await;
+    *w.redis.borrow_mut() = conn;
     res
 }

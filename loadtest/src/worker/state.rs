@@ -258,6 +258,13 @@ pub struct Worker {
     pub redis: RefCell<Option<OwnedWriteHalf>>,
     /// Redis (or publish API) error replies.
     pub redis_errors: Cell<u64>,
+    /// Publish API: requests written and not answered yet, oldest first, as (user, seq,
+    /// connection generation); a failed or unanswered one is voided.
+    pub inflight: RefCell<std::collections::VecDeque<(u32, u64, u32)>>,
+    /// Publish API: connection generation (bumped at each reconnect).
+    pub api_gen: Cell<u32>,
+    /// Publish API: notifications not sent because the API was unreachable.
+    pub publish_skipped: Cell<u64>,
     /// Connections open now (ramp, churn, reconnects).
     pub open: Cell<u64>,
     /// Failed attempts (ramp, churn, reconnects).
@@ -346,6 +353,9 @@ impl Worker {
             probe_queue: RefCell::new(Vec::new()),
             redis: RefCell::new(None),
             redis_errors: Cell::new(0),
+            inflight: RefCell::default(),
+            api_gen: Cell::new(0),
+            publish_skipped: Cell::new(0),
             open: Cell::new(0),
             failed: Cell::new(0),
             pongs: Cell::new(0),
@@ -473,6 +483,18 @@ impl Worker {
         st.delivered += 1;
         hist::record(&mut st.latency, now_us.saturating_sub(b.sent_us));
         st.last_delivery_us = st.last_delivery_us.max(now_us);
+    }
+
+    /// Takes notification `seq` of local user `u` out of every expectation: its publish failed or
+    /// its outcome is unknown.
+    pub fn void(&self, u: usize, seq: u64) {
+        let per = self.plan.conns_per_user as usize;
+        let mut conns = self.conns.borrow_mut();
+        for c in &mut conns[u * per..(u + 1) * per] {
+            c.tracker.void(seq);
+        }
+        let mut ph = self.phase.borrow_mut();
+        ph.expected = ph.expected.saturating_sub(per as u64);
     }
 
     /// Connection `id` is open on `sock` (already registered with the reactor by the caller);
