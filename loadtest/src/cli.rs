@@ -104,6 +104,13 @@ pub struct CommonArgs {
     /// Client source addresses: a range `127.0.1.1-127.0.1.16` or a comma list.
     #[arg(long, default_value = "127.0.1.1-127.0.1.16")]
     pub source_ips: String,
+    /// Give every connection its own source port from this range (`1024-32767`), assigned from
+    /// its global index over all source addresses, instead of letting the kernel search for a
+    /// free ephemeral port. Past ~50% occupancy of an address's ports that search dominates the
+    /// load generator's CPU (`__inet_check_established`): at a million connections, use this.
+    /// Needs `--conns` <= addresses x ports.
+    #[arg(long)]
+    pub source_ports: Option<String>,
     /// Worker processes (default: enough for --conns-per-worker, at least one).
     #[arg(long)]
     pub workers: Option<u32>,
@@ -418,6 +425,24 @@ pub fn parse_source_ips(spec: &str) -> Result<Vec<Ipv4Addr>, ConfigError> {
     Ok(ips)
 }
 
+/// Parses `--source-ports`: `A-B`, inclusive, 1024 <= A <= B.
+pub fn parse_port_range(spec: &str) -> Result<(u16, u16), ConfigError> {
+    let bad = || {
+        ConfigError::Invalid(format!(
+            "--source-ports must be A-B with 1024 <= A <= B, got {spec:?}"
+        ))
+    };
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a < 1024 || b < a {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
 /// Parses `host:port` for Redis.
 pub fn parse_redis(spec: &str) -> Result<SocketAddr, ConfigError> {
     spec.to_socket_addrs()
@@ -456,7 +481,18 @@ impl CommonArgs {
         if self.connect_timeout <= 0.0 || self.max_run_secs <= 0.0 {
             return invalid("--connect-timeout and --max-run-secs must be positive");
         }
-        parse_source_ips(&self.source_ips)?;
+        let ips = parse_source_ips(&self.source_ips)?;
+        if let Some(spec) = &self.source_ports {
+            let (a, b) = parse_port_range(spec)?;
+            let room = ips.len() as u64 * (u64::from(b - a) + 1);
+            if u64::from(self.users()) * u64::from(self.conns_per_user) > room {
+                return Err(ConfigError::Invalid(format!(
+                    "--source-ports: {} addresses x {} ports = {room} < --conns",
+                    ips.len(),
+                    b - a + 1
+                )));
+            }
+        }
         let ep = parse_url(&self.url)?;
         if !ep.tls && (self.tls_insecure || self.tls_ca_file.is_some()) {
             return invalid("--tls-ca-file/--tls-insecure need a wss:// --url");
@@ -535,6 +571,8 @@ mod tests {
         assert_eq!(ips[15], Ipv4Addr::new(127, 0, 1, 16));
         assert_eq!(parse_source_ips("127.0.0.1,127.0.0.2").unwrap().len(), 2);
         assert!(parse_source_ips("127.0.0.9-127.0.0.1").is_err());
+        assert_eq!(parse_port_range("1024-32767").unwrap(), (1024, 32767));
+        assert!(parse_port_range("80-90").is_err() && parse_port_range("9-").is_err());
     }
 
     #[test]

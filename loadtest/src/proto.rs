@@ -33,6 +33,10 @@ pub struct WorkerPlan {
     pub conns_per_user: u32,
     /// Source addresses to bind client sockets to, used round robin.
     pub source_ips: Vec<Ipv4Addr>,
+    /// Explicit source ports: connection `g` (global index) binds
+    /// `source_ips[g / ports % len] : lo + g % ports`. `None`: the kernel picks the port.
+    #[serde(default)]
+    pub source_ports: Option<(u16, u16)>,
     /// This worker's share of the connect rate (0 = unlimited).
     pub connect_rate: f64,
     /// This worker's share of the handshakes in flight.

@@ -101,6 +101,11 @@ fn plans(c: &CommonArgs, ep: &Endpoint, needs: &Needs) -> Result<Vec<WorkerPlan>
     });
     let per = |v: f64| v / f64::from(workers);
     let tls = c.tls_plan()?;
+    let ports = c
+        .source_ports
+        .as_deref()
+        .map(cli::parse_port_range)
+        .transpose()?;
     Ok((0..workers)
         .map(|w| WorkerPlan {
             worker: w,
@@ -111,8 +116,9 @@ fn plans(c: &CommonArgs, ep: &Endpoint, needs: &Needs) -> Result<Vec<WorkerPlan>
             user_prefix: c.user_prefix.clone(),
             users: (0..c.users()).filter(|u| u % workers == w).collect(),
             conns_per_user: c.conns_per_user,
-            // Each worker gets its own slice of the addresses when there are enough.
-            source_ips: if ips.len() >= workers as usize {
+            // Each worker gets its own slice of the addresses when there are enough (with explicit
+            // ports every worker needs them all: the address follows from the global index).
+            source_ips: if ips.len() >= workers as usize && ports.is_none() {
                 ips.iter()
                     .skip(w as usize)
                     .step_by(workers as usize)
@@ -127,6 +133,7 @@ fn plans(c: &CommonArgs, ep: &Endpoint, needs: &Needs) -> Result<Vec<WorkerPlan>
             redis,
             publish_api: needs.publish_api.clone(),
             tls: tls.clone(),
+            source_ports: ports,
             recover: c.recover,
             payload_bytes: needs.payload_bytes,
             reconnect: needs.reconnect,

@@ -88,7 +88,7 @@ async fn one(w: Rc<Worker>, acc: Rc<RefCell<Acc>>, k: u64, spec: ChurnSpec) {
     acc.borrow_mut().attempted += 1;
     w.churned.set(w.churned.get() + 1);
     let t0 = now_us();
-    let opened = conn::open(&w, conn::source_for(&w, k as usize), &target).await;
+    let opened = conn::open(&w, conn::churn_source(&w, k as usize), &target).await;
     let opened = opened.and_then(|o| Ok((TcpStream::from_std(o.sock)?, o.tls.is_some())));
     let (stream, tls) = match opened {
         Ok(s) => s,

@@ -4,7 +4,7 @@
 
 use std::{
     io::{self, Read},
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     rc::Rc,
     time::Duration,
 };
@@ -42,17 +42,29 @@ pub struct Opened {
     pub resumed: bool,
 }
 
-/// Opens a connection from `src` to the worker's target with request target `target` (path and
-/// query) and upgrades it.
-pub async fn open(w: &Worker, src: Ipv4Addr, target: &str) -> Result<Opened, ConnError> {
-    let limit = Duration::from_millis(w.plan.connect_timeout_ms);
+/// A socket bound to `src`: its explicit port if it has one and it is free, else the address with
+/// the port left to connect().
+fn bound(src: SocketAddr) -> io::Result<TcpSocket> {
     let sock = TcpSocket::new_v4()?;
-    // Lets a source port in TIME_WAIT be bound again (many short-lived churn connections).
+    // Lets a source port in TIME_WAIT be bound again (reconnects, short-lived churn connections).
+    sock.set_reuseaddr(true)?;
+    if src.port() != 0 && sock.bind(src).is_ok() {
+        return Ok(sock);
+    }
+    let sock = TcpSocket::new_v4()?;
     sock.set_reuseaddr(true)?;
     // The port is chosen at connect() for the full 4-tuple, not at bind() for the address alone:
     // each source address then serves ~28k connections per destination, not ~28k in total.
     setsockopt(&sock, IpBindAddressNoPort, &true).map_err(io::Error::from)?;
-    sock.bind(SocketAddr::new(src.into(), 0))?;
+    sock.bind(SocketAddr::new(src.ip(), 0))?;
+    Ok(sock)
+}
+
+/// Opens a connection from `src` (port 0: the kernel picks) to the worker's target with request
+/// target `target` (path and query) and upgrades it.
+pub async fn open(w: &Worker, src: SocketAddr, target: &str) -> Result<Opened, ConnError> {
+    let limit = Duration::from_millis(w.plan.connect_timeout_ms);
+    let sock = bound(src)?;
     let stream = timeout(limit, sock.connect(w.plan.addr))
         .await
         .map_err(|_| ConnError::Timeout("connecting"))??;
@@ -127,11 +139,27 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Source address for the `i`-th connection.
+/// Source address (and, with `--source-ports`, port) of connection `id`.
 #[must_use]
-pub fn source_for(w: &Worker, i: usize) -> Ipv4Addr {
+pub fn source_for(w: &Worker, id: usize) -> SocketAddr {
     let ips = &w.plan.source_ips;
-    ips[i % ips.len()]
+    let Some((lo, hi)) = w.plan.source_ports else {
+        return SocketAddr::new(ips[id % ips.len()].into(), 0);
+    };
+    // The global index: users are spread over workers, each user's connections are consecutive.
+    let per_user = w.plan.conns_per_user as usize;
+    let user = w.plan.users[id / per_user] as usize;
+    let g = user * per_user + id % per_user;
+    let ports = usize::from(hi - lo) + 1;
+    let ip = ips[(g / ports) % ips.len()];
+    SocketAddr::new(ip.into(), lo + (g % ports) as u16)
+}
+
+/// Source address of the `k`-th short-lived (churn) connection: the kernel picks the port.
+#[must_use]
+pub fn churn_source(w: &Worker, k: usize) -> SocketAddr {
+    let ips = &w.plan.source_ips;
+    SocketAddr::new(ips[k % ips.len()].into(), 0)
 }
 
 /// The request target of connection `id`: path, token and, for a recovering client that has

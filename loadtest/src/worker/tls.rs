@@ -242,6 +242,7 @@ mod tests {
             users: vec![0],
             conns_per_user: 1,
             source_ips: vec![Ipv4Addr::LOCALHOST],
+            source_ports: None,
             connect_rate: 0.0,
             connect_concurrency: 4,
             connect_timeout_ms: 5000,
@@ -255,6 +256,10 @@ mod tests {
             progress_ms: 250,
             seed: 1,
         }
+    }
+
+    fn local() -> std::net::SocketAddr {
+        (Ipv4Addr::LOCALHOST, 0).into()
     }
 
     fn ca(name: &str) -> super::TlsPlan {
@@ -292,7 +297,7 @@ mod tests {
             let w = Worker::new(plan(server.addr, ca("ca.pem"))).unwrap();
             tokio::task::spawn_local(reactor::run(w.clone()));
             let target = "/notifications?token=t";
-            let first = conn::open(&w, Ipv4Addr::LOCALHOST, target).await.unwrap();
+            let first = conn::open(&w, local(), target).await.unwrap();
             assert!(!first.resumed, "nothing to resume yet");
             assert_eq!(
                 first.tls.as_ref().unwrap().alpn_protocol(),
@@ -305,7 +310,7 @@ mod tests {
             // The server drops it; the reactor sees the end and frees the slot.
             server.drop_all();
             assert!(until(|| w.open.get() == 0).await, "drop detected");
-            let again = conn::open(&w, Ipv4Addr::LOCALHOST, target).await.unwrap();
+            let again = conn::open(&w, local(), target).await.unwrap();
             assert!(again.resumed, "the reconnect resumed with a pooled ticket");
             assert_eq!(server.resumed.load(Ordering::SeqCst), 1);
             assert_eq!(server.full.load(Ordering::SeqCst), 1);
@@ -317,7 +322,7 @@ mod tests {
         run(async || {
             let server = wss_server::WssServer::start().await;
             let w = Worker::new(plan(server.addr, ca("other-ca.pem"))).unwrap();
-            let err = conn::open(&w, Ipv4Addr::LOCALHOST, "/n?token=t")
+            let err = conn::open(&w, local(), "/n?token=t")
                 .await
                 .err()
                 .expect("an unrelated CA must not verify the server");
@@ -328,11 +333,7 @@ mod tests {
                 server_name: "localhost".into(),
             };
             let w: Rc<Worker> = Worker::new(plan(server.addr, insecure)).unwrap();
-            assert!(
-                conn::open(&w, Ipv4Addr::LOCALHOST, "/n?token=t")
-                    .await
-                    .is_ok()
-            );
+            assert!(conn::open(&w, local(), "/n?token=t").await.is_ok());
             let missing = super::TlsPlan {
                 ca_file: None,
                 insecure: false,
