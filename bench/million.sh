@@ -33,6 +33,7 @@
 #   BCAST_USERS=10000 BCAST_BATCH=1000 (the publish API's user_ids cap per request)
 #   STORM=1 STORM_TIMEOUT=180 SAMPLE_MS=2000
 #   SHARD_QUEUE_CAPACITY=4096 OUTBOX_MAX_MESSAGES=64 OUTBOX_MAX_BYTES=65536
+#   REDIS_SUBSCRIPTION=per-user  (or pattern: every gateway receives every notification)
 #   MAX_TOTAL_SECS=3600      hard bound on the whole run
 #   TUNE=1                   raise host limits that are too low (root only), revert at the end
 #   FORCE=0                  run even if the memory estimate exceeds what is available
@@ -60,6 +61,7 @@ SAMPLE_MS=${SAMPLE_MS:-2000}
 SHARD_QUEUE_CAPACITY=${SHARD_QUEUE_CAPACITY:-4096}
 OUTBOX_MAX_MESSAGES=${OUTBOX_MAX_MESSAGES:-64}
 OUTBOX_MAX_BYTES=${OUTBOX_MAX_BYTES:-65536}
+REDIS_SUBSCRIPTION=${REDIS_SUBSCRIPTION:-per-user}
 MAX_TOTAL_SECS=${MAX_TOTAL_SECS:-3600}
 TUNE=${TUNE:-1}
 FORCE=${FORCE:-0}
@@ -253,13 +255,13 @@ WS_PORT=$(free_port)
 GW_ENV=(
   WEBSOCKET_PORT="$WS_PORT" BIND_HOST=127.0.0.1 METRICS_BIND_HOST=127.0.0.1
   JWT_SECRET="$SECRET" PUBLISH_API_KEY="$API_KEY"
-  REDIS_HOST=127.0.0.1 REDIS_PORT="$REDIS_PORT" REDIS_SUBSCRIPTION=per-user
+  REDIS_HOST=127.0.0.1 REDIS_PORT="$REDIS_PORT" REDIS_SUBSCRIPTION="$REDIS_SUBSCRIPTION"
   SHARDS=1 PIN_CORES=false SHARD_QUEUE_CAPACITY="$SHARD_QUEUE_CAPACITY"
   OUTBOX_MAX_MESSAGES="$OUTBOX_MAX_MESSAGES" OUTBOX_MAX_BYTES="$OUTBOX_MAX_BYTES"
   RUST_LOG=warn
 )
 log "starting $GATEWAYS gateway processes on port $WS_PORT (SO_REUSEPORT), each:"
-log "  SHARDS=1 PIN_CORES=false REDIS_SUBSCRIPTION=per-user MAX_CONNECTIONS=auto ($GW_CAP)"
+log "  SHARDS=1 PIN_CORES=false REDIS_SUBSCRIPTION=$REDIS_SUBSCRIPTION MAX_CONNECTIONS=auto ($GW_CAP)"
 log "  SHARD_QUEUE_CAPACITY=$SHARD_QUEUE_CAPACITY OUTBOX_MAX_MESSAGES=$OUTBOX_MAX_MESSAGES OUTBOX_MAX_BYTES=$OUTBOX_MAX_BYTES"
 log "  internal port on 127.0.0.1 with PUBLISH_API_KEY set; Redis on $REDIS_PORT"
 GW_PIDS=()
@@ -327,7 +329,7 @@ rows = [
     ("connections", f"{c['established']:,} of {c['requested']:,} ({gateways} gateway processes, {workers} load-generator processes, {ips} source addresses)"),
     ("time to connect all", f"{c['duration_s']:.1f} s ({c['connects_per_s']:,.0f}/s), failures: {c['failures'] or 'none'}"),
     ("gateways RSS", f"{mib(con['gateways_rss_kb'])} ({pc['gateways_rss']:,.0f} B per connection)"),
-    ("load generator RSS", f"{mib(con['workers_rss_kb'])} ({pc['workers_rss']:,.0f} B per connection)"),
+    ("load generator RSS", f"{mib(con['workers_rss_kb'])} ({con['workers_rss_kb'] * 1024 / max(c['established'], 1):,.0f} B per connection all included; {pc['workers_rss']:,.0f} B grew while connecting, the slots are allocated up front)"),
     ("redis RSS / used_memory", f"{mib(con['redis_rss_kb'])} / {mib(con['redis_used_kb'])} ({cap_r['redis_bytes_per_user']:,.0f} B per user subscription)"),
     ("kernel slab (both ends)", f"{mib(con['slab_kb'])} ({pc['kernel_slab']:,.0f} B per connection pair)"),
     ("kernel TCP buffers", f"{mib(con['tcp_mem_kb'])} ({pc['kernel_tcp_mem']:,.0f} B per connection)"),

@@ -226,7 +226,11 @@ pub async fn reconnect(w: Rc<Worker>, id: usize) {
     let Some(backoff) = w.plan.reconnect else {
         return;
     };
-    let src = source_for(&w, id);
+    // The kernel picks the port: an explicit one would be the same 4-tuple as the connection
+    // that just ended, and the server side may hold it in TIME_WAIT for a minute (measured: after
+    // a gateway was killed, reconnects from their old ports kept failing). Explicit ports come from
+    // outside the ephemeral range, so the two never collide.
+    let src = SocketAddr::new(source_for(&w, id).ip(), 0);
     let mut delay = backoff.min_ms;
     loop {
         // Jitter in [delay/2, delay] spreads the herd without starving anyone.
