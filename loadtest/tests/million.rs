@@ -137,7 +137,10 @@ fn million_script_smoke() {
     let idle = &c["idle"];
     let (pings, pongs) = (u(&idle["pings_sent"]), u(&idle["pongs"]));
     // Pongs of the last pings may still be on their way when the window closes.
-    assert!(pings > 0 && pongs <= pings && pongs * 2 >= pings, "{idle:#}");
+    assert!(
+        pings > 0 && pongs <= pings && pongs * 2 >= pings,
+        "{idle:#}"
+    );
     let lat = &c["latency"]["deliveries"];
     assert_eq!(lat["lost"], 0, "{lat:#}");
     let b = &c["broadcast"];
