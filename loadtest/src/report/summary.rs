@@ -62,6 +62,13 @@ fn phase(out: &mut String, title: &str, p: &PhaseReport) {
             "INCONSISTENT"
         }
     );
+    if d.voided > 0 {
+        let _ = writeln!(
+            out,
+            "  voided {} (publish failed or outcome unknown: neither expected nor lost)",
+            d.voided
+        );
+    }
     let _ = writeln!(out, "  latency {}", lat(&p.latency));
     let _ = writeln!(
         out,
