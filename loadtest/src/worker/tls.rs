@@ -318,6 +318,37 @@ mod tests {
     }
 
     #[test]
+    fn a_reconnect_leaves_its_explicit_source_port_to_the_kernel() {
+        // The same 4-tuple again would hash to the same SO_REUSEPORT listener: after a gateway is
+        // killed, all its clients would land on the one survivor that took its slot.
+        run(async || {
+            let server = wss_server::WssServer::start().await;
+            let mut p = plan(server.addr, ca("ca.pem"));
+            p.source_ports = Some((40_123, 40_123));
+            p.reconnect = Some(crate::proto::Backoff {
+                min_ms: 1,
+                max_ms: 2,
+            });
+            let w = Worker::new(p).unwrap();
+            tokio::task::spawn_local(reactor::run(w.clone()));
+            let slot = w.connect_slots.clone().acquire_owned().await.unwrap();
+            conn::start(w.clone(), 0, slot).await;
+            assert_eq!(w.open.get(), 1);
+            let first = server.peers.lock().unwrap()[0];
+            assert_eq!(first.port(), 40_123, "the ramp binds the explicit port");
+            server.drop_all();
+            assert!(
+                until(|| server.peers.lock().unwrap().len() == 2 && w.open.get() == 1).await,
+                "reconnected"
+            );
+            let again = server.peers.lock().unwrap()[1];
+            assert_eq!(again.ip(), first.ip());
+            assert_ne!(again.port(), 40_123, "a new port, so a new hash");
+            w.stopping.set(true);
+        });
+    }
+
+    #[test]
     fn an_unknown_ca_fails_as_tls_and_insecure_skips_the_check() {
         run(async || {
             let server = wss_server::WssServer::start().await;

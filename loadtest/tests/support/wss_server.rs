@@ -43,6 +43,8 @@ pub struct WssServer {
     pub resumed: Arc<AtomicU64>,
     /// Upgraded connections open now.
     pub open: Arc<AtomicU64>,
+    /// Client addresses of every accepted connection, in order.
+    pub peers: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
     /// Bumped to drop every connection.
     kick: watch::Sender<u64>,
 }
@@ -75,22 +77,27 @@ impl WssServer {
             full: Arc::default(),
             resumed: Arc::default(),
             open: Arc::default(),
+            peers: Arc::default(),
             kick,
         };
-        let (full, resumed, open) = (
+        let (full, resumed, open, peers) = (
             server.full.clone(),
             server.resumed.clone(),
             server.open.clone(),
+            server.peers.clone(),
         );
         tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
+            while let Ok((tcp, peer)) = listener.accept().await {
+                peers.lock().unwrap().push(peer);
                 let (acceptor, full, resumed, open) = (
                     acceptor.clone(),
                     full.clone(),
                     resumed.clone(),
                     open.clone(),
                 );
+                // Only kicks from now on concern this connection.
                 let mut kicked = kicked.clone();
+                kicked.borrow_and_update();
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
