@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side capacity benchmark of chat4all-gateway and the peer gateways, one command.
+# Side-by-side capacity benchmark of chat4all-gateway and the peer gateways, one command, with the
+# floor peer (the least-work implementation of the protocol) as the reference for ratios.
 #
 # Starts a private redis-server, then each system in turn on free loopback ports, and runs the same
 # chat4all-loadtest scenarios against each:
@@ -7,13 +8,14 @@
 #   - idle, 19,500 connections (the most the 20,000-descriptor cap allows): RSS per connection
 #   - fanout at 20,000 PUBLISH/s to 10,000 connections: p50/p99, loss, server CPU per 1,000 deliveries
 #   - fanout closed loop ("flat out") to 10,000 connections: delivered msg/s
-# and writes one markdown table (with ratios of ours to the best peer) to stdout and to
+# and writes one markdown table (with ratios of ours to the best peer, and of every system to the
+# floor: CPU per delivery at RATE/s and flat out, RSS per idle connection) to stdout and to
 # bench/out/compare-<date>.md, with the machine and versions (raw JSON reports beside it, in
 # bench/out/compare-<date>/). Stops everything it started.
 #
 # Usage: bench/compare.sh            (about 6-8 minutes; bounded by MAX_TOTAL_SECS)
 # Environment (all optional):
-#   SYSTEMS="chat4all rust-tokio node-ws uws"   which systems, in order
+#   SYSTEMS="chat4all floor rust-tokio node-ws uws"   which systems, in order
 #   PEERS_DIR=../shared/peers                   peer sources (copied, never written)
 #   CACHE_DIR=target/bench-cache                writable peer copies and their builds
 #   LOADTEST_BIN, GATEWAY_BIN                   prebuilt binaries (else built with cargo --release)
@@ -21,7 +23,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SYSTEMS=${SYSTEMS:-"chat4all rust-tokio node-ws uws"}
+SYSTEMS=${SYSTEMS:-"chat4all floor rust-tokio node-ws uws"}
 PEERS_DIR=${PEERS_DIR:-$ROOT/../shared/peers}
 CACHE_DIR=${CACHE_DIR:-$ROOT/target/bench-cache}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -108,6 +110,11 @@ prepare_peer() { # name
       [[ -x $dst/target/release/peer-rust-tokio ]] || log "building peer rust-tokio (a few minutes)"
       (cd "$dst" && CARGO_TARGET_DIR=$dst/target cargo build --release -q)
       ;;
+    floor)
+      # Its documented build, in the writable copy (never in shared/ or this repository).
+      [[ -x $dst/target/release/peer-floor ]] || log "building peer floor"
+      (cd "$dst" && CARGO_TARGET_DIR=$dst/target cargo build --release -q)
+      ;;
     node-ws | uws)
       if [[ ! -d $dst/node_modules ]]; then
         log "npm install for peer $1"
@@ -143,10 +150,14 @@ start_system() { # name
   ws=$(free_port)
   mp=$(free_port)
   dir=$CACHE_DIR/peers/$1
+  # The internal port is bound to loopback explicitly: the gateway refuses a non-loopback
+  # internal bind without PUBLISH_API_KEY (nothing here uses the publish API).
   local -a env=(WEBSOCKET_PORT="$ws" METRICS_PORT="$mp" BIND_HOST=127.0.0.1
     METRICS_BIND_HOST=127.0.0.1 REDIS_HOST=127.0.0.1 REDIS_PORT="$REDIS_PORT" JWT_SECRET="$SECRET")
   case $1 in
-    chat4all) env "${env[@]}" "$GATEWAY_BIN" >"$RUN_DIR/$1.log" 2>&1 </dev/null & ;;
+    # Issue 12's goals are for 2 shards and plain TCP; history, once it exists, must be off too.
+    chat4all) env "${env[@]}" SHARDS=2 "$GATEWAY_BIN" >"$RUN_DIR/$1.log" 2>&1 </dev/null & ;;
+    floor) env "${env[@]}" "$dir/target/release/peer-floor" >"$RUN_DIR/$1.log" 2>&1 </dev/null & ;;
     rust-tokio) env "${env[@]}" "$dir/target/release/peer-rust-tokio" >"$RUN_DIR/$1.log" 2>&1 </dev/null & ;;
     node-ws | uws) env "${env[@]}" node "$dir/gateway.js" >"$RUN_DIR/$1.log" 2>&1 </dev/null & ;;
   esac
@@ -222,6 +233,7 @@ versions() {
     done
   done
   echo "- peer rust-tokio: tokio-tungstenite 0.30, tokio 1.54 (see peers/rust-tokio/Cargo.toml)"
+  echo "- peer floor: one thread, mio/epoll, one write() per delivery (see peers/floor/README.md); the reference for the ratios"
 }
 
 table() {
@@ -264,6 +276,7 @@ for s in systems:
         f"p99 ms @{rate}/s": (get(rt, "fanout", "latency", "p99_us") or 0) / 1000 if rt else None,
         f"loss @{rate}/s": loss(load(s, "rate")),
         "server CPU ms/1k": get(rt, "fanout", "server_cpu_ms_per_1k"),
+        "server CPU ms/1k flat": get(fl, "fanout", "server_cpu_ms_per_1k") if get(fl, "fanout", "deliveries", "delivered") else None,
         "harness CPU ms/1k": get(rt, "fanout", "harness_cpu_ms_per_1k"),
     }
     est = get(imax, "connect", "established")
@@ -288,7 +301,7 @@ print("|---|" + "---|" * len(cols))
 for s, r in rows.items():
     note = f" ({r['note']})" if "note" in r else ""
     print(f"| {s}{note} | " + " | ".join(fmt(c, r[c]) for c in cols) + " |")
-peers = [s for s in rows if s != "chat4all"]
+peers = [s for s in rows if s not in ("chat4all", "floor")]
 if "chat4all" in rows and peers:
     cells = []
     for c in cols:
@@ -304,6 +317,29 @@ if "chat4all" in rows and peers:
         ratio = ours / best if c in higher else best / ours
         cells.append(f"{ratio:.2f}x")
     print("| **ours vs best peer** (>1 = better) | " + " | ".join(cells) + " |")
+
+# Ratios to the floor (issue 12): lower is better, 1.00 = as cheap as the least-work gateway.
+goals = {"server CPU ms/1k": 1.15, "server CPU ms/1k flat": 1.15,
+         f"RSS KiB/conn @{conns}": 1.5, f"RSS KiB/conn @{conns_max}": 1.5}
+if "floor" in rows:
+    fl = rows["floor"]
+    print()
+    print("Ratio to the floor (system / floor; lower is better):")
+    print()
+    print("| system | " + " | ".join(goals) + " |")
+    print("|---|" + "---|" * len(goals))
+    for s, r in rows.items():
+        if s == "floor":
+            continue
+        cells = []
+        for c, goal in goals.items():
+            if r[c] is None or not fl[c]:
+                cells.append("n/a")
+                continue
+            ratio = r[c] / fl[c]
+            mark = " (goal <= %.2fx: %s)" % (goal, "met" if ratio <= goal else "missed") if s == "chat4all" else ""
+            cells.append(f"{ratio:.2f}x{mark}")
+        print(f"| {s} | " + " | ".join(cells) + " |")
 PY
 }
 
@@ -336,7 +372,8 @@ report=$OUT_DIR/compare-$STAMP.md
   echo "connects/s: authenticated upgrades per second, 128 handshakes in flight. RSS per idle connection: server"
   echo "RSS growth from before connecting, divided by connections. p50/p99: PUBLISH to client read, $RATE PUBLISH/s"
   echo "to $CONNS connections (one per user) for ${SECS}s. Flat out: closed loop with 4,000 deliveries in flight."
-  echo "CPU ms/1k: server (or harness, all worker processes) CPU time per 1,000 deliveries at $RATE/s."
+  echo "CPU ms/1k: server (or harness, all worker processes) CPU time per 1,000 deliveries at $RATE/s;"
+  echo "\"flat\": the same in the closed-loop run. chat4all runs with SHARDS=2, plain TCP."
   echo "Harness and server share the machine's cores. Loopback only."
   echo
   echo "Machine and versions:"

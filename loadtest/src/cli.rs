@@ -38,6 +38,13 @@ pub enum Command {
     ReconnectStorm(StormArgs),
     /// Connect and disconnect at --churn-rate while notifications flow to N stable clients.
     Churn(ChurnArgs),
+    /// A capacity run over several gateway processes (bench/million.sh): connect all, idle with
+    /// keep-alive pings, latency at a fixed rate, a broadcast through the publish API, and a
+    /// reconnect storm after one gateway process is killed; memory and connections over time.
+    Capacity(CapacityArgs),
+    /// Recovery (issue 10): clients track offsets and reconnect with `since`; the gateway is
+    /// restarted while notifications are published through the publish API.
+    Recover(RecoverArgs),
     /// Internal: one worker process, driven over stdin/stdout by the coordinator.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -54,9 +61,22 @@ pub struct WorkerArgs {
 /// Flags every scenario shares: the target, the clients, the outputs.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// WebSocket endpoint (the token is appended as `?token=`).
+    /// WebSocket endpoint, `ws://` or `wss://` (the token is appended as `?token=`).
     #[arg(long, default_value = "ws://127.0.0.1:8085/notifications")]
     pub url: String,
+    /// `wss://`: PEM file with the CA (or self-signed certificate) to trust.
+    #[arg(long)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// `wss://`: accept ANY server certificate. For benchmarks on loopback only: nothing is
+    /// verified, so never point this at a server you do not run.
+    #[arg(long)]
+    pub tls_insecure: bool,
+    /// `wss://`: the name sent as SNI and checked in the certificate (default: the URL's host).
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// Clients track `offset`/`epoch` and reconnect with `since` (issue 10's recovery).
+    #[arg(long)]
+    pub recover: bool,
     /// HS256 secret the target verifies tokens with.
     #[arg(long, env = "JWT_SECRET")]
     pub jwt_secret: String,
@@ -84,6 +104,13 @@ pub struct CommonArgs {
     /// Client source addresses: a range `127.0.1.1-127.0.1.16` or a comma list.
     #[arg(long, default_value = "127.0.1.1-127.0.1.16")]
     pub source_ips: String,
+    /// Give every connection its own source port from this range (`1024-32767`), assigned from
+    /// its global index over all source addresses, instead of letting the kernel search for a
+    /// free ephemeral port. Past ~50% occupancy of an address's ports that search dominates the
+    /// load generator's CPU (`__inet_check_established`): at a million connections, use this.
+    /// Needs `--conns` <= addresses x ports.
+    #[arg(long)]
+    pub source_ports: Option<String>,
     /// Worker processes (default: enough for --conns-per-worker, at least one).
     #[arg(long)]
     pub workers: Option<u32>,
@@ -133,6 +160,13 @@ pub struct PublishArgs {
     /// Closed loop (--rate 0): most expected deliveries in flight at once, over all workers.
     #[arg(long, default_value_t = 4000)]
     pub window: u64,
+    /// Publish through the gateway's API (`http://HOST:PORT/v1/publish`, one request per
+    /// notification, pipelined) instead of Redis `PUBLISH`.
+    #[arg(long)]
+    pub publish_url: Option<String>,
+    /// Bearer key for the publish API.
+    #[arg(long, env = "PUBLISH_API_KEY", hide_env_values = true)]
+    pub publish_api_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -231,10 +265,87 @@ pub struct ChurnArgs {
     pub duration: f64,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct CapacityArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// PIDs of every gateway process sharing the port, comma separated (RSS and CPU summed).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub server_pids: Vec<u32>,
+    /// PID of redis-server, for its RSS and CPU.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
+    /// One gateway's publish API, `http://127.0.0.1:PORT/v1/publish`, for the broadcast.
+    #[arg(long)]
+    pub publish_url: Option<String>,
+    /// Bearer key for the publish API.
+    #[arg(long, env = "PUBLISH_API_KEY", hide_env_values = true)]
+    pub publish_api_key: Option<String>,
+    /// Users the broadcast goes to (0 = no broadcast).
+    #[arg(long, default_value_t = 10_000)]
+    pub broadcast_users: u32,
+    /// Most `user_ids` per publish request (the API's cap).
+    #[arg(long, default_value_t = 1000)]
+    pub broadcast_batch: u32,
+    /// Seconds to wait for the broadcast to arrive everywhere.
+    #[arg(long, default_value_t = 60.0)]
+    pub broadcast_timeout: f64,
+    /// Seconds of idle with keep-alive pings (CPU of the idle fleet); 0 skips.
+    #[arg(long, default_value_t = 60.0)]
+    pub idle_secs: f64,
+    /// Keep-alive interval per connection, seconds (the Python CLI pings every 30 s).
+    #[arg(long, default_value_t = 30.0)]
+    pub ping_interval: f64,
+    /// Notifications per second to random users in the latency phase (0 skips it).
+    #[arg(long, default_value_t = 1000.0)]
+    pub latency_rate: f64,
+    /// Seconds of the latency phase.
+    #[arg(long, default_value_t = 20.0)]
+    pub latency_secs: f64,
+    /// Gateway process to SIGKILL for the reconnect storm (one of --server-pids; none: no storm).
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+    /// Seconds to wait for the killed process's clients to be back and receiving.
+    #[arg(long, default_value_t = 120.0)]
+    pub storm_timeout: f64,
+    /// First reconnect delay, ms (doubles per failure, jittered in [d/2, d]).
+    #[arg(long, default_value_t = 100)]
+    pub backoff_min_ms: u64,
+    /// Largest reconnect delay, ms.
+    #[arg(long, default_value_t = 5000)]
+    pub backoff_max_ms: u64,
+    /// Memory/connections sample period for the timeline, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub sample_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+    /// Notifications per second (through the publish API) while the gateway restarts.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// Seconds of publishing; the restart starts after a third of it.
+    #[arg(long, default_value_t = 15.0)]
+    pub duration: f64,
+    /// Shell command that restarts the gateway (returns once the new one is started).
+    #[arg(long)]
+    pub restart_cmd: String,
+    /// First reconnect delay, ms.
+    #[arg(long, default_value_t = 50)]
+    pub backoff_min_ms: u64,
+    /// Largest reconnect delay, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub backoff_max_ms: u64,
+}
+
 /// A flag value that makes no sense.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("--url must look like ws://HOST:PORT/PATH, got {0:?}")]
+    #[error("--url must look like ws://HOST:PORT/PATH or wss://HOST:PORT/PATH, got {0:?}")]
     Url(String),
     #[error("cannot resolve {0:?}")]
     Resolve(String),
@@ -247,6 +358,8 @@ pub enum ConfigError {
 /// The parsed `--url`.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
+    /// `wss://`.
+    pub tls: bool,
     /// `host:port` as written, for the Host header.
     pub host: String,
     /// Resolved address.
@@ -255,11 +368,13 @@ pub struct Endpoint {
     pub path: String,
 }
 
-/// Parses `ws://HOST:PORT/PATH`.
+/// Parses `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH`.
 pub fn parse_url(url: &str) -> Result<Endpoint, ConfigError> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| ConfigError::Url(url.into()))?;
+    let (tls, rest) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(r), _) => (false, r),
+        (_, Some(r)) => (true, r),
+        _ => return Err(ConfigError::Url(url.into())),
+    };
     let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
     if host.is_empty() || path.contains('?') {
         return Err(ConfigError::Url(url.into()));
@@ -267,7 +382,7 @@ pub fn parse_url(url: &str) -> Result<Endpoint, ConfigError> {
     let host_port = if host.contains(':') {
         host.to_owned()
     } else {
-        format!("{host}:80")
+        format!("{host}:{}", if tls { 443 } else { 80 })
     };
     let addr = host_port
         .to_socket_addrs()
@@ -280,6 +395,7 @@ pub fn parse_url(url: &str) -> Result<Endpoint, ConfigError> {
         format!("/{path}")
     };
     Ok(Endpoint {
+        tls,
         host: host.to_owned(),
         addr,
         path,
@@ -307,6 +423,24 @@ pub fn parse_source_ips(spec: &str) -> Result<Vec<Ipv4Addr>, ConfigError> {
         return Err(bad("no address"));
     }
     Ok(ips)
+}
+
+/// Parses `--source-ports`: `A-B`, inclusive, 1024 <= A <= B.
+pub fn parse_port_range(spec: &str) -> Result<(u16, u16), ConfigError> {
+    let bad = || {
+        ConfigError::Invalid(format!(
+            "--source-ports must be A-B with 1024 <= A <= B, got {spec:?}"
+        ))
+    };
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a < 1024 || b < a {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 /// Parses `host:port` for Redis.
@@ -347,8 +481,48 @@ impl CommonArgs {
         if self.connect_timeout <= 0.0 || self.max_run_secs <= 0.0 {
             return invalid("--connect-timeout and --max-run-secs must be positive");
         }
-        parse_source_ips(&self.source_ips)?;
+        let ips = parse_source_ips(&self.source_ips)?;
+        if let Some(spec) = &self.source_ports {
+            let (a, b) = parse_port_range(spec)?;
+            let room = ips.len() as u64 * (u64::from(b - a) + 1);
+            if u64::from(self.users()) * u64::from(self.conns_per_user) > room {
+                return Err(ConfigError::Invalid(format!(
+                    "--source-ports: {} addresses x {} ports = {room} < --conns",
+                    ips.len(),
+                    b - a + 1
+                )));
+            }
+        }
+        let ep = parse_url(&self.url)?;
+        if !ep.tls && (self.tls_insecure || self.tls_ca_file.is_some()) {
+            return invalid("--tls-ca-file/--tls-insecure need a wss:// --url");
+        }
+        if ep.tls && !self.tls_insecure && self.tls_ca_file.is_none() {
+            return invalid(
+                "a wss:// --url needs --tls-ca-file (or --tls-insecure for benchmarks)",
+            );
+        }
         Ok(())
+    }
+
+    /// The TLS plan for a `wss://` URL.
+    pub fn tls_plan(&self) -> Result<Option<crate::proto::TlsPlan>, ConfigError> {
+        let ep = parse_url(&self.url)?;
+        if !ep.tls {
+            return Ok(None);
+        }
+        let host = ep
+            .host
+            .rsplit_once(':')
+            .map_or(ep.host.as_str(), |(h, _)| h);
+        Ok(Some(crate::proto::TlsPlan {
+            ca_file: self.tls_ca_file.clone(),
+            insecure: self.tls_insecure,
+            server_name: self
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| host.to_owned()),
+        }))
     }
 
     /// Users in the run.
@@ -389,12 +563,16 @@ mod tests {
         );
         assert_eq!(e.addr.port(), 8085);
         assert!(parse_url("http://x/y").is_err());
+        let s = parse_url("wss://127.0.0.1/n").unwrap();
+        assert!(s.tls && s.addr.port() == 443);
         assert!(parse_url("ws://127.0.0.1:1/a?b").is_err());
         let ips = parse_source_ips("127.0.1.1-127.0.1.16").unwrap();
         assert_eq!(ips.len(), 16);
         assert_eq!(ips[15], Ipv4Addr::new(127, 0, 1, 16));
         assert_eq!(parse_source_ips("127.0.0.1,127.0.0.2").unwrap().len(), 2);
         assert!(parse_source_ips("127.0.0.9-127.0.0.1").is_err());
+        assert_eq!(parse_port_range("1024-32767").unwrap(), (1024, 32767));
+        assert!(parse_port_range("80-90").is_err() && parse_port_range("9-").is_err());
     }
 
     #[test]

@@ -46,6 +46,8 @@ fn coordinate(cmd: Command) -> anyhow::Result<()> {
         Command::Ramp(a) => a.common.clone(),
         Command::ReconnectStorm(a) => a.common.clone(),
         Command::Churn(a) => a.common.clone(),
+        Command::Capacity(a) => a.common.clone(),
+        Command::Recover(a) => a.common.clone(),
         Command::Worker(_) => unreachable!("handled in main"),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -56,7 +58,10 @@ fn coordinate(cmd: Command) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(&report)?;
         fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
-    if let Some(path) = &common.plot {
+    if let (Some(path), Some(c)) = (&common.plot, &report.capacity) {
+        let title = format!("{} connections and memory over time", report.target.url);
+        plot::capacity_svg(path, &title, &c.timeline)?;
+    } else if let Some(path) = &common.plot {
         let title = format!(
             "{} latency over time, {}",
             report.scenario, report.target.url

@@ -6,7 +6,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{accounting::DeliveryCounts, failure::Failures};
+use crate::{
+    stats::{accounting::DeliveryCounts, failure::Failures, recovery::RecoveryCounts},
+    wire::http::ApiTarget,
+};
 
 /// Everything a worker needs to know, sent once as its first command.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +33,10 @@ pub struct WorkerPlan {
     pub conns_per_user: u32,
     /// Source addresses to bind client sockets to, used round robin.
     pub source_ips: Vec<Ipv4Addr>,
+    /// Explicit source ports: connection `g` (global index) binds
+    /// `source_ips[g / ports % len] : lo + g % ports`. `None`: the kernel picks the port.
+    #[serde(default)]
+    pub source_ports: Option<(u16, u16)>,
     /// This worker's share of the connect rate (0 = unlimited).
     pub connect_rate: f64,
     /// This worker's share of the handshakes in flight.
@@ -38,6 +45,13 @@ pub struct WorkerPlan {
     pub connect_timeout_ms: u64,
     /// Redis to publish to, if the scenario publishes.
     pub redis: Option<SocketAddr>,
+    /// Publish through the gateway's `POST /v1/publish` instead of Redis `PUBLISH` (history is
+    /// recorded only there).
+    pub publish_api: Option<ApiTarget>,
+    /// `wss://`: how to verify the server.
+    pub tls: Option<TlsPlan>,
+    /// Clients track offsets and epochs and reconnect with `since` (issue 10).
+    pub recover: bool,
     /// Payload padding bytes.
     pub payload_bytes: usize,
     /// Reconnect with backoff when a connection drops (reconnect storm), else count it as dropped.
@@ -48,6 +62,17 @@ pub struct WorkerPlan {
     pub progress_ms: u64,
     /// PRNG seed.
     pub seed: u64,
+}
+
+/// TLS settings of a `wss://` run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsPlan {
+    /// PEM file of the CA (or certificate) to trust.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Trust any certificate (benchmarks only).
+    pub insecure: bool,
+    /// SNI and the name the certificate must carry.
+    pub server_name: String,
 }
 
 /// Reconnect delays: `min_ms` doubling up to `max_ms`, each jittered in [d/2, d].
@@ -114,6 +139,15 @@ pub enum Command {
     /// Publish one probe per user and wait until every open connection has received one;
     /// answered by [`Event::Probed`].
     Probe { timeout_ms: u64 },
+    /// Start sending an application ping on every open connection once per `interval_ms`,
+    /// spread evenly (the Python CLI's keep-alive); `0` stops.
+    KeepAlive { interval_ms: u64 },
+    /// Expect broadcast `id` on every connection of these users (global indices; each worker
+    /// takes its own); answered by [`Event::BcastReady`].
+    BcastExpect { id: u32, users: Vec<u32> },
+    /// Wait until every expected connection has the broadcast or `timeout_ms` passes; answered by
+    /// [`Event::BcastDone`].
+    BcastCollect { timeout_ms: u64 },
     /// Start timing drops and reconnections (reconnect storm).
     StormStart,
     /// Stop timing; answered by [`Event::StormDone`].
@@ -141,9 +175,16 @@ pub enum Event {
         receiving: u64,
     },
     StormDone(Box<StormResult>),
+    BcastReady {
+        expected: u64,
+    },
+    BcastDone(Box<BcastResult>),
     Final {
         cpu_ms: u64,
         rss_kb: u64,
+        /// `wss://` handshakes that resumed a session.
+        #[serde(default)]
+        tls_resumed: u64,
     },
     /// The worker cannot go on.
     Fatal {
@@ -172,6 +213,13 @@ pub struct Progress {
     pub churned: u64,
     /// p99 of the last complete timeline bucket, µs.
     pub recent_p99_us: u64,
+    /// The worker's resident memory, KiB.
+    pub rss_kb: u64,
+    /// Keep-alive pings sent and pongs received, in total.
+    pub pings_sent: u64,
+    pub pongs: u64,
+    /// Connections that received the current broadcast.
+    pub bcast_delivered: u64,
 }
 
 /// Result of [`Command::Connect`].
@@ -217,6 +265,22 @@ pub struct PhaseResult {
     /// Worker CPU during the phase, ms.
     pub cpu_ms: u64,
     pub churn: Option<ChurnResult>,
+    /// Recovery runs: what the clients' offset bookkeeping saw.
+    #[serde(default)]
+    pub recovery: Option<RecoveryCounts>,
+}
+
+/// Result of a broadcast on one worker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BcastResult {
+    pub expected: u64,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub unexpected: u64,
+    /// Request send time to arrival, base64 histogram.
+    pub latency: String,
+    /// Last arrival, unix µs (0 if none).
+    pub last_delivery_us: u64,
 }
 
 /// Churn outcome of one worker.

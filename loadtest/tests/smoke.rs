@@ -510,3 +510,51 @@ fn churn_while_notifications_flow() {
     assert_eq!(u(&c["handshake"]["count"]), u(&c["established"]));
     assert_phase(&c["stable"]);
 }
+
+#[test]
+fn recover_counts_a_restart_exactly() {
+    // Against today's gateway (no history yet): clients never see an offset, so no reconnect can
+    // ask for a replay; what was published while they were away is counted as lost, exactly.
+    let run = Run::new("recover");
+    // SIGKILL: the clients must drop at once, not over a drain.
+    let restart = run
+        .running
+        .restart_cmd(&run.target)
+        .replacen("kill ", "kill -9 ", 1);
+    let api = format!("http://127.0.0.1:{}/v1/publish", run.target.metrics_port);
+    let r = run.harness(
+        "recover",
+        &[
+            "--conns",
+            "200",
+            "--rate",
+            "300",
+            "--duration",
+            "6",
+            "--drain",
+            "2",
+            "--publish-url",
+            &api,
+            "--restart-cmd",
+            &restart,
+        ],
+    );
+    assert_connected(&r, 200);
+    let rc = &r["recovery"];
+    let c = &rc["counts"];
+    let d = &rc["phase"]["deliveries"];
+    assert_eq!(rc["restart_cmd_exit"], 0, "{rc:#}");
+    assert!(u(&d["published"]) > 0 && u(&d["delivered"]) > 0, "{d:#}");
+    assert_eq!(u(&d["delivered"]) + u(&d["lost"]), u(&d["published"]));
+    assert_eq!(
+        u(&c["lost_resync"]) + u(&c["lost_unexplained"]),
+        u(&d["lost"]),
+        "every loss is either told or a gap: {rc:#}"
+    );
+    assert!(
+        u(&c["sessions"]) >= 400,
+        "every client came back once: {c:#}"
+    );
+    assert_eq!(u(&c["asked"]), 0, "no history, nothing to ask from");
+    assert_eq!(u(&d["duplicates"]), 0);
+}

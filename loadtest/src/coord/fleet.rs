@@ -13,6 +13,7 @@ use tokio::{
 use super::{
     CoordError,
     progress::{Display, Measure},
+    sampler::Sampler,
 };
 use crate::proto::{Command, Event, Progress, WorkerPlan};
 
@@ -30,6 +31,8 @@ pub struct Fleet {
     /// Last progress of each worker.
     progress: Vec<Progress>,
     pub display: Display,
+    /// Capacity runs: samples memory and connections as progress arrives.
+    pub sampler: Option<Sampler>,
     /// Nothing may run past this.
     pub hard_deadline: Instant,
 }
@@ -49,6 +52,7 @@ impl Fleet {
             rx,
             progress: vec![Progress::default(); plans.len()],
             display: Display::new(),
+            sampler: None,
             hard_deadline,
         };
         for (i, plan) in plans.into_iter().enumerate() {
@@ -134,6 +138,10 @@ impl Fleet {
             t.receiving += p.receiving;
             t.churned += p.churned;
             t.recent_p99_us = t.recent_p99_us.max(p.recent_p99_us);
+            t.rss_kb += p.rss_kb;
+            t.pings_sent += p.pings_sent;
+            t.pongs += p.pongs;
+            t.bcast_delivered += p.bcast_delivered;
         }
         t
     }
@@ -193,6 +201,9 @@ impl Fleet {
                 self.progress[i] = p;
                 let t = self.totals();
                 self.display.update(&t);
+                if let Some(s) = &mut self.sampler {
+                    s.maybe_sample(&t);
+                }
                 Ok(None)
             }
             Some(Msg::Event(i, Event::Fatal { error })) => Err(CoordError::Worker(i, error)),
@@ -202,13 +213,23 @@ impl Fleet {
         }
     }
 
-    /// Asks every worker to stop; returns their (cpu ms, rss KiB).
-    pub async fn shutdown(mut self) -> Result<Vec<(u64, u64)>, CoordError> {
+    /// PIDs of the worker processes.
+    #[must_use]
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
+    }
+
+    /// Asks every worker to stop; returns their (cpu ms, rss KiB, resumed TLS handshakes).
+    pub async fn shutdown(mut self) -> Result<Vec<(u64, u64, u64)>, CoordError> {
         self.broadcast(&Command::Shutdown).await?;
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
         let finals = self
             .collect(deadline, |ev| match ev {
-                Event::Final { cpu_ms, rss_kb } => Some((cpu_ms, rss_kb)),
+                Event::Final {
+                    cpu_ms,
+                    rss_kb,
+                    tls_resumed,
+                } => Some((cpu_ms, rss_kb, tls_resumed)),
                 _ => None,
             })
             .await?;

@@ -1,8 +1,11 @@
 //! The coordinator: turns the command line into worker plans, starts the fleet, runs a scenario
 //! through it, samples the server, and assembles the report.
 
+mod capacity;
 mod fleet;
 mod progress;
+mod recover;
+mod sampler;
 mod scenarios;
 mod server;
 
@@ -55,6 +58,10 @@ pub struct Needs {
     pub redis: bool,
     pub payload_bytes: usize,
     pub reconnect: Option<Backoff>,
+    /// Publish through the gateway's API instead of Redis.
+    pub publish_api: Option<crate::wire::http::ApiTarget>,
+    /// PIDs to watch instead of `--server-pid` (several gateway processes).
+    pub server_pids: Vec<u32>,
 }
 
 fn unix_s() -> u64 {
@@ -93,6 +100,12 @@ fn plans(c: &CommonArgs, ep: &Endpoint, needs: &Needs) -> Result<Vec<WorkerPlan>
             .map_or(1, |d| d.as_nanos() as u64)
     });
     let per = |v: f64| v / f64::from(workers);
+    let tls = c.tls_plan()?;
+    let ports = c
+        .source_ports
+        .as_deref()
+        .map(cli::parse_port_range)
+        .transpose()?;
     Ok((0..workers)
         .map(|w| WorkerPlan {
             worker: w,
@@ -103,8 +116,9 @@ fn plans(c: &CommonArgs, ep: &Endpoint, needs: &Needs) -> Result<Vec<WorkerPlan>
             user_prefix: c.user_prefix.clone(),
             users: (0..c.users()).filter(|u| u % workers == w).collect(),
             conns_per_user: c.conns_per_user,
-            // Each worker gets its own slice of the addresses when there are enough.
-            source_ips: if ips.len() >= workers as usize {
+            // Each worker gets its own slice of the addresses when there are enough (with explicit
+            // ports every worker needs them all: the address follows from the global index).
+            source_ips: if ips.len() >= workers as usize && ports.is_none() {
                 ips.iter()
                     .skip(w as usize)
                     .step_by(workers as usize)
@@ -117,6 +131,10 @@ fn plans(c: &CommonArgs, ep: &Endpoint, needs: &Needs) -> Result<Vec<WorkerPlan>
             connect_concurrency: c.connect_concurrency.div_ceil(workers),
             connect_timeout_ms: (c.connect_timeout * 1000.0) as u64,
             redis,
+            publish_api: needs.publish_api.clone(),
+            tls: tls.clone(),
+            source_ports: ports,
+            recover: c.recover,
             payload_bytes: needs.payload_bytes,
             reconnect: needs.reconnect,
             interval_ms: c.interval_ms,
@@ -135,7 +153,12 @@ impl Session {
         let hard = started + Duration::from_secs_f64(common.max_run_secs);
         let plans = plans(common, &ep, &needs)?;
         let workers = plans.len() as u32;
-        let server = common.server_pid.map(ServerWatch::new);
+        let pids = if needs.server_pids.is_empty() {
+            common.server_pid.into_iter().collect()
+        } else {
+            needs.server_pids.clone()
+        };
+        let server = (!pids.is_empty()).then(|| ServerWatch::new(pids));
         let fleet = Fleet::start(plans, common.batch_us, hard).await?;
         let report = Report {
             scenario: needs.scenario.to_owned(),
@@ -146,17 +169,19 @@ impl Session {
             target: Target {
                 url: common.url.clone(),
                 redis: common.redis.clone(),
-                server_pid: common.server_pid,
+                server_pid: common.server_pid.or(needs.server_pids.first().copied()),
             },
             workers,
             connect: ConnectReport::default(),
             idle: None,
+            capacity: None,
+            recovery: None,
             fanout: None,
             ramp: None,
             storm: None,
             churn: None,
             server: server.as_ref().map(|s| ServerReport {
-                pid: s.pid,
+                pid: s.pids[0],
                 baseline: s.baseline,
                 after_connect: None,
                 end: None,
@@ -280,6 +305,7 @@ impl Session {
         let finals = self.fleet.shutdown().await?;
         self.report.harness.workers_cpu_ms = finals.iter().map(|f| f.0).sum();
         self.report.harness.workers_rss_kb = finals.iter().map(|f| f.1).sum();
+        self.report.harness.tls_resumed = finals.iter().map(|f| f.2).sum();
         self.report.harness.coordinator_cpu_ms = self_cpu_ms();
         Ok(self.report)
     }

@@ -14,6 +14,7 @@ use crate::{
     proto::{Backoff, ChurnSpec, Command as Cmd, Event, PhaseSpec, Pick},
     report::{IdleReport, MemoryPerConn, RampReport, RampStep, Report, merge},
     stats::sysstats::kernel_sample,
+    wire::http,
 };
 
 /// Runs the scenario named by `cmd` and returns its report.
@@ -24,6 +25,8 @@ pub async fn run(cmd: Command) -> Result<Report, CoordError> {
         Command::Ramp(a) => ramp(a).await,
         Command::ReconnectStorm(a) => storm(a).await,
         Command::Churn(a) => churn(a).await,
+        Command::Capacity(a) => super::capacity::run(a).await,
+        Command::Recover(a) => super::recover::run(a).await,
         Command::Worker(_) => unreachable!("the worker subcommand does not coordinate"),
     }
 }
@@ -32,7 +35,7 @@ fn ms(secs: f64) -> u64 {
     (secs * 1000.0).round() as u64
 }
 
-fn spec(p: &PublishArgs, step: u32, duration: f64) -> PhaseSpec {
+pub(super) fn spec(p: &PublishArgs, step: u32, duration: f64) -> PhaseSpec {
     PhaseSpec {
         step,
         rate: 0.0,
@@ -49,7 +52,7 @@ fn spec(p: &PublishArgs, step: u32, duration: f64) -> PhaseSpec {
     }
 }
 
-fn ask(s: &Session, rate: f64, window: u64, duration: f64) -> merge::PhaseAsk {
+pub(super) fn ask(s: &Session, rate: f64, window: u64, duration: f64) -> merge::PhaseAsk {
     merge::PhaseAsk {
         rate,
         window,
@@ -58,18 +61,30 @@ fn ask(s: &Session, rate: f64, window: u64, duration: f64) -> merge::PhaseAsk {
     }
 }
 
-fn needs(scenario: &'static str, publish: Option<&PublishArgs>) -> Needs {
-    Needs {
+pub(super) fn needs(
+    scenario: &'static str,
+    publish: Option<&PublishArgs>,
+) -> Result<Needs, CoordError> {
+    let api = match publish.and_then(|p| p.publish_url.as_ref().map(|u| (u, p))) {
+        Some((url, p)) => Some(
+            http::parse_url(url, p.publish_api_key.clone())
+                .ok_or_else(|| cli::ConfigError::Invalid(format!("--publish-url {url:?}")))?,
+        ),
+        None => None,
+    };
+    Ok(Needs {
         scenario,
         redis: publish.is_some(),
         payload_bytes: publish.map_or(0, |p| p.payload_bytes),
         reconnect: None,
-    }
+        publish_api: api,
+        server_pids: Vec::new(),
+    })
 }
 
 async fn idle(a: IdleArgs) -> Result<Report, CoordError> {
     let kernel0 = kernel_sample().unwrap_or_default();
-    let mut s = Session::start(&a.common, needs("idle", None)).await?;
+    let mut s = Session::start(&a.common, needs("idle", None)?).await?;
     s.connect().await?;
     let hold = Duration::from_secs_f64(a.hold.max(0.0));
     s.fleet.stage("hold", Measure::Time(hold));
@@ -121,7 +136,7 @@ async fn idle(a: IdleArgs) -> Result<Report, CoordError> {
 
 async fn fanout(a: FanoutArgs) -> Result<Report, CoordError> {
     cli::validate_run(a.rate, a.duration)?;
-    let mut s = Session::start(&a.common, needs("fanout", Some(&a.publish))).await?;
+    let mut s = Session::start(&a.common, needs("fanout", Some(&a.publish))?).await?;
     s.connect().await?;
     let ask = ask(&s, a.rate, a.publish.window, a.duration);
     let (p, _) = s
@@ -139,7 +154,7 @@ async fn ramp(a: RampArgs) -> Result<Report, CoordError> {
         )
         .into());
     }
-    let mut s = Session::start(&a.common, needs("ramp", Some(&a.publish))).await?;
+    let mut s = Session::start(&a.common, needs("ramp", Some(&a.publish))?).await?;
     s.connect().await?;
     let mut out = RampReport {
         p99_bound_ms: a.p99_bound,
@@ -188,7 +203,7 @@ async fn storm(a: StormArgs) -> Result<Report, CoordError> {
         )
         .into());
     }
-    let mut needs = needs("reconnect-storm", None);
+    let mut needs = needs("reconnect-storm", None)?;
     needs.redis = true;
     needs.reconnect = Some(Backoff {
         min_ms: a.backoff_min_ms,
@@ -254,7 +269,7 @@ async fn storm(a: StormArgs) -> Result<Report, CoordError> {
             _ => None,
         })
         .await?;
-    let mut r = merge::storm(&results, t0)?;
+    let mut r = merge::storm(&results, t0, true)?;
     r.restart_cmd = super::redact(&a.restart_cmd, &a.common.jwt_secret);
     r.restart_cmd_exit = restart_cmd_exit;
     r.restart_cmd_ms = restart_cmd_ms;
@@ -284,7 +299,7 @@ async fn churn(a: ChurnArgs) -> Result<Report, CoordError> {
     if a.churn_rate < 0.0 {
         return Err(cli::ConfigError::Invalid("--churn-rate must be >= 0".into()).into());
     }
-    let mut s = Session::start(&a.common, needs("churn", Some(&a.publish))).await?;
+    let mut s = Session::start(&a.common, needs("churn", Some(&a.publish))?).await?;
     s.connect().await?;
     let mut sp = spec(&a.publish, 0, a.duration);
     sp.churn = Some(ChurnSpec {

@@ -1,24 +1,42 @@
-//! Readings of the target server process (with `--server-pid`).
+//! Readings of the target server processes (with `--server-pid`, or several gateway processes
+//! sharing one port): RSS and CPU summed over those still running.
 
 use crate::stats::sysstats::{ProcSample, proc_sample};
 
-/// The server's PID and its reading before the run.
+/// The servers' PIDs and their summed reading before the run.
 pub struct ServerWatch {
-    pub pid: u32,
+    pub pids: Vec<u32>,
     pub baseline: ProcSample,
 }
 
 impl ServerWatch {
-    /// Takes the baseline (zeros if the process cannot be read).
+    /// Takes the baseline (zeros for processes that cannot be read).
     #[must_use]
-    pub fn new(pid: u32) -> Self {
-        let baseline = proc_sample(&pid.to_string()).unwrap_or_default();
-        Self { pid, baseline }
+    pub fn new(pids: Vec<u32>) -> Self {
+        let baseline = sum(&pids).unwrap_or_default();
+        Self { pids, baseline }
     }
 
-    /// A reading now, if the process is still there.
+    /// A summed reading now, if any of the processes is still there.
     #[must_use]
     pub fn sample(&self) -> Option<ProcSample> {
-        proc_sample(&self.pid.to_string()).ok()
+        sum(&self.pids)
     }
+
+    /// Stops watching `pid` (it was killed); readings from now on leave it out.
+    pub fn forget(&mut self, pid: u32) {
+        self.pids.retain(|&p| p != pid);
+    }
+}
+
+fn sum(pids: &[u32]) -> Option<ProcSample> {
+    let mut total: Option<ProcSample> = None;
+    for p in pids {
+        if let Ok(s) = proc_sample(&p.to_string()) {
+            let t = total.get_or_insert_with(ProcSample::default);
+            t.rss_kb += s.rss_kb;
+            t.cpu_ms += s.cpu_ms;
+        }
+    }
+    total
 }

@@ -165,8 +165,14 @@ pub fn churn(
     })
 }
 
-/// The storm over all workers; `t0_us` is when the restart command started.
-pub fn storm(results: &[StormResult], t0_us: u64) -> Result<StormReport, HistError> {
+/// The storm over all workers; `t0_us` is when the restart command started. With
+/// `all_must_drop` (a restart) every open connection must have dropped and come back; without (one
+/// of several gateway processes killed) every connection that dropped must have come back.
+pub fn storm(
+    results: &[StormResult],
+    t0_us: u64,
+    all_must_drop: bool,
+) -> Result<StormReport, HistError> {
     let mut h = hist::new_hist(3);
     let mut r = StormReport {
         restart_cmd: String::new(),
@@ -212,7 +218,8 @@ pub fn storm(results: &[StormResult], t0_us: u64) -> Result<StormReport, HistErr
         r.all_receiving_ms = max_rel(r.all_receiving_ms, rel(s.last_receiving_us));
     }
     r.all_back = r.open_at_start > 0
-        && r.dropped >= r.open_at_start
+        && r.dropped > 0
+        && (r.dropped >= r.open_at_start || !all_must_drop)
         && r.reconnected >= r.dropped
         && r.receiving >= r.dropped;
     if !r.all_back {
@@ -259,6 +266,7 @@ mod tests {
             dropped: Failures::new(),
             cpu_ms: worker_cpu,
             churn: None,
+            recovery: None,
         }
     }
 
@@ -304,13 +312,13 @@ mod tests {
             handshake: hist::encode(&hist::new_hist(3)),
             ..StormResult::default()
         };
-        let r = storm(std::slice::from_ref(&s), 1_000_000).unwrap();
+        let r = storm(std::slice::from_ref(&s), 1_000_000, true).unwrap();
         assert!(r.all_back);
         assert_eq!(r.first_reconnect_ms, Some(1000.0));
         assert_eq!(r.all_receiving_ms, Some(1700.0));
         assert_eq!(r.back_after_answering_ms, Some(700.0));
         let partial = StormResult { receiving: 9, ..s };
-        let r = storm(&[partial], 1_000_000).unwrap();
+        let r = storm(&[partial], 1_000_000, true).unwrap();
         assert!(!r.all_back && r.all_receiving_ms.is_none());
     }
 }

@@ -4,6 +4,8 @@
 //! Units are in the field names (`_us`, `_ms`, `_kb`, `_bytes`, `_per_s`). Kernel figures come from
 //! system-wide counters, so on loopback they include the client end of every connection too.
 
+pub mod capacity;
+mod capacity_plot;
 pub mod merge;
 pub mod plot;
 pub mod summary;
@@ -14,6 +16,7 @@ use crate::stats::{
     accounting::DeliveryCounts,
     failure::Failures,
     hist::Percentiles,
+    recovery::RecoveryCounts,
     sysstats::{KernelSample, ProcSample},
 };
 
@@ -31,6 +34,8 @@ pub struct Report {
     pub workers: u32,
     pub connect: ConnectReport,
     pub idle: Option<IdleReport>,
+    pub capacity: Option<capacity::CapacityReport>,
+    pub recovery: Option<RecoveryReport>,
     pub fanout: Option<PhaseReport>,
     pub ramp: Option<RampReport>,
     pub storm: Option<StormReport>,
@@ -287,4 +292,19 @@ pub struct HarnessReport {
     pub coordinator_cpu_ms: u64,
     /// RSS of all workers at the end, KiB.
     pub workers_rss_kb: u64,
+    /// `wss://` handshakes that resumed a TLS session.
+    pub tls_resumed: u64,
+}
+
+/// The recovery scenario: delivery while the gateway restarts, with replay on reconnect.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryReport {
+    pub restart_cmd: String,
+    pub restart_cmd_exit: Option<i32>,
+    /// When the restart command started, seconds into the publishing.
+    pub restart_at_s: f64,
+    /// Delivery over the whole phase (each client expects every notification to its user).
+    pub phase: PhaseReport,
+    /// What the clients' offset bookkeeping saw.
+    pub counts: RecoveryCounts,
 }

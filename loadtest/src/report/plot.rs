@@ -15,6 +15,18 @@ pub struct PlotError {
     message: String,
 }
 
+impl PlotError {
+    /// An error drawing or writing `path`.
+    pub fn new(path: &Path, e: &dyn std::fmt::Display) -> Self {
+        Self {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+pub use super::capacity_plot::capacity_svg;
+
 /// Draws `points` (with delivered > 0) to an SVG file at `path`.
 pub fn latency_svg(path: &Path, title: &str, points: &[TimelinePoint]) -> Result<(), PlotError> {
     let err = |e: &dyn std::fmt::Display| PlotError {

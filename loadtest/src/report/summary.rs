@@ -62,6 +62,13 @@ fn phase(out: &mut String, title: &str, p: &PhaseReport) {
             "INCONSISTENT"
         }
     );
+    if d.voided > 0 {
+        let _ = writeln!(
+            out,
+            "  voided {} (publish failed or outcome unknown: neither expected nor lost)",
+            d.voided
+        );
+    }
     let _ = writeln!(out, "  latency {}", lat(&p.latency));
     let _ = writeln!(
         out,
@@ -71,6 +78,129 @@ fn phase(out: &mut String, title: &str, p: &PhaseReport) {
     );
     if !p.dropped.is_empty() {
         let _ = writeln!(out, "  connections dropped: {}", causes(&p.dropped));
+    }
+}
+
+fn mib(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+fn capacity(out: &mut String, c: &super::capacity::CapacityReport) {
+    let (b, e) = (&c.baseline, &c.connected);
+    let _ = writeln!(
+        out,
+        "capacity: {} gateway processes, {} connections open",
+        c.gateways, e.open
+    );
+    let _ = writeln!(
+        out,
+        "  | memory (MiB)        | baseline | connected | per connection |"
+    );
+    let rows: [(&str, u64, u64, f64); 6] = [
+        (
+            "gateways RSS",
+            b.gateways_rss_kb,
+            e.gateways_rss_kb,
+            c.per_conn.gateways_rss,
+        ),
+        (
+            "load generator RSS",
+            b.workers_rss_kb,
+            e.workers_rss_kb,
+            c.per_conn.workers_rss,
+        ),
+        (
+            "redis RSS",
+            b.redis_rss_kb,
+            e.redis_rss_kb,
+            c.per_conn.redis_rss,
+        ),
+        (
+            "kernel slab (pairs)",
+            b.slab_kb,
+            e.slab_kb,
+            c.per_conn.kernel_slab,
+        ),
+        (
+            "kernel TCP buffers",
+            b.tcp_mem_kb,
+            e.tcp_mem_kb,
+            c.per_conn.kernel_tcp_mem,
+        ),
+        (
+            "redis used_memory",
+            b.redis_used_kb,
+            e.redis_used_kb,
+            c.per_conn.redis_used,
+        ),
+    ];
+    for (name, x, y, per) in rows {
+        let _ = writeln!(
+            out,
+            "  | {name:<19} | {:>8.1} | {:>9.1} | {per:>12.0} B |",
+            mib(x),
+            mib(y)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  total per connection {:.0} B; Redis per user (subscription) {:.0} B",
+        c.per_conn.total, c.redis_bytes_per_user
+    );
+    if let Some(i) = &c.idle {
+        let _ = writeln!(
+            out,
+            "idle {:.0} s, ping every {:.0} s: {} pings, {} pongs; gateways {:.3} cores ({:.1} µs \
+             per ping), redis {} ms, load generator {} ms",
+            i.secs,
+            i.ping_interval_s,
+            i.pings_sent,
+            i.pongs,
+            i.gateways_cores,
+            i.gateways_us_per_ping,
+            i.redis_cpu_ms,
+            i.workers_cpu_ms
+        );
+    }
+    if let Some(p) = &c.latency {
+        phase(out, "latency to random users", p);
+    }
+    if let Some(bc) = &c.broadcast {
+        let _ = writeln!(
+            out,
+            "broadcast to {} users ({} requests of <= {} ids, {} failed, {:.1} ms to publish): \
+             {}/{} delivered, {} lost, {} duplicates; last delivery {}",
+            bc.users,
+            bc.requests,
+            bc.batch,
+            bc.request_errors,
+            bc.publish_ms,
+            bc.delivered,
+            bc.expected,
+            bc.lost,
+            bc.duplicates,
+            opt(bc.last_delivery_ms, "ms")
+        );
+        let _ = writeln!(out, "  latency {}", lat(&bc.latency));
+    }
+    if let Some(s) = &c.storm {
+        let _ = writeln!(
+            out,
+            "storm after {}: {} dropped, {} reconnected, {} receiving: {}; all reconnected {}, \
+             all receiving {}; failed retries: {}",
+            s.restart_cmd,
+            s.dropped,
+            s.reconnected,
+            s.receiving,
+            if s.all_back {
+                "ALL BACK"
+            } else {
+                "NOT ALL BACK"
+            },
+            opt(s.all_reconnected_ms, "ms"),
+            opt(s.all_receiving_ms, "ms"),
+            causes(&s.retry_failures)
+        );
     }
 }
 
@@ -110,6 +240,30 @@ pub fn render(r: &Report) -> String {
                 m.kernel_sunreclaim_bytes
             );
         }
+    }
+    if let Some(c) = &r.capacity {
+        capacity(&mut out, c);
+    }
+    if let Some(rc) = &r.recovery {
+        let c = &rc.counts;
+        let _ = writeln!(
+            out,
+            "recovery: restart at {:.1} s (exit {:?}); sessions {}, asked {}, recovered:true {}, \
+             recovered:false {}, unsupported {}",
+            rc.restart_at_s,
+            rc.restart_cmd_exit,
+            c.sessions,
+            c.asked,
+            c.recovered_true,
+            c.recovered_false,
+            c.unsupported
+        );
+        let _ = writeln!(
+            out,
+            "  replayed {}  lost after recovered:false {}  gaps {}  duplicates {}",
+            c.replayed, c.lost_resync, c.lost_unexplained, rc.phase.deliveries.duplicates
+        );
+        phase(&mut out, "delivery", &rc.phase);
     }
     if let Some(p) = &r.fanout {
         phase(&mut out, "fanout", p);
@@ -196,6 +350,9 @@ pub fn render(r: &Report) -> String {
         "harness: {} workers, CPU {} ms (+{} ms coordinator), RSS {} KiB",
         h.workers, h.workers_cpu_ms, h.coordinator_cpu_ms, h.workers_rss_kb
     );
+    if h.tls_resumed > 0 {
+        let _ = writeln!(out, "  TLS sessions resumed: {}", h.tls_resumed);
+    }
     for w in &r.warnings {
         let _ = writeln!(out, "WARNING: {w}");
     }

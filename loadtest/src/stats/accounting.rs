@@ -48,6 +48,11 @@ pub struct Tracker {
     stale: u64,
     /// Arrivals of numbers never expected here.
     unexpected: u64,
+    /// Numbers whose publish failed or whose outcome is unknown (the publish API answered an
+    /// error or the connection to it broke): not expected, not lost; an arrival is counted apart.
+    voided: Vec<u64>,
+    /// Arrivals of voided numbers (published after all: the outcome was unknown, not failed).
+    voided_arrived: u64,
 }
 
 impl Tracker {
@@ -69,6 +74,10 @@ impl Tracker {
         }
         if seq >= self.end_seq.unwrap_or(published) {
             self.unexpected += 1;
+            return Outcome::Unexpected;
+        }
+        if !self.voided.is_empty() && self.voided.contains(&seq) {
+            self.voided_arrived += 1;
             return Outcome::Unexpected;
         }
         let idx = seq - self.first_seq;
@@ -96,6 +105,20 @@ impl Tracker {
         Outcome::Delivered { reordered }
     }
 
+    /// Takes `seq` out of the expected numbers (its publish failed or its outcome is unknown),
+    /// unless it already arrived.
+    pub fn void(&mut self, seq: u64) {
+        if seq < self.first_seq || self.end_seq.is_some_and(|e| seq >= e) {
+            return;
+        }
+        let idx = seq - self.first_seq;
+        let (word, bit) = ((idx / 64) as usize, idx % 64);
+        let seen = self.seen.get(word).is_some_and(|w| w & (1 << bit) != 0);
+        if !seen && !self.voided.contains(&seq) {
+            self.voided.push(seq);
+        }
+    }
+
     /// Marks the connection ended; `published` is the user's next sequence number now.
     pub fn end(&mut self, published: u64) {
         self.end_seq.get_or_insert(published);
@@ -107,13 +130,31 @@ impl Tracker {
         self.end_seq.is_some()
     }
 
+    /// Expected numbers below `below` (and below `published`, the user's next sequence number)
+    /// that never arrived.
+    #[must_use]
+    pub fn unseen_below(&self, below: u64, published: u64) -> u64 {
+        let hi = below.min(self.end_seq.unwrap_or(published));
+        if hi <= self.first_seq {
+            return 0;
+        }
+        let n = hi - self.first_seq;
+        let (full, rest) = ((n / 64) as usize, n % 64);
+        let word = |i: usize| self.seen.get(i).copied().unwrap_or(0);
+        let mut seen: u64 = (0..full).map(|i| u64::from(word(i).count_ones())).sum();
+        if rest > 0 {
+            seen += u64::from((word(full) & ((1u64 << rest) - 1)).count_ones());
+        }
+        let voided = self.voided.iter().filter(|&&v| v < hi).count() as u64;
+        n - seen - voided
+    }
+
     /// Final counts, given the user's next sequence number at the end of the phase.
     #[must_use]
     pub fn counts(&self, published: u64) -> DeliveryCounts {
-        let expected = self
-            .end_seq
-            .unwrap_or(published)
-            .saturating_sub(self.first_seq);
+        let end = self.end_seq.unwrap_or(published);
+        let voided = self.voided.iter().filter(|&&v| v < end).count() as u64;
+        let expected = end.saturating_sub(self.first_seq) - voided;
         DeliveryCounts {
             published: expected,
             delivered: self.delivered,
@@ -122,7 +163,8 @@ impl Tracker {
             reordered: self.reordered,
             gaps: self.gaps,
             stale: self.stale,
-            unexpected: self.unexpected,
+            unexpected: self.unexpected + self.voided_arrived,
+            voided,
         }
     }
 }
@@ -147,6 +189,10 @@ pub struct DeliveryCounts {
     pub stale: u64,
     /// Arrivals never expected on that connection (not counted).
     pub unexpected: u64,
+    /// Notifications not expected because their publish failed or its outcome is unknown
+    /// (publish API errors or a broken connection to it); not in `published`.
+    #[serde(default)]
+    pub voided: u64,
 }
 
 impl DeliveryCounts {
@@ -160,6 +206,7 @@ impl DeliveryCounts {
         self.gaps += other.gaps;
         self.stale += other.stale;
         self.unexpected += other.unexpected;
+        self.voided += other.voided;
     }
 
     /// The report invariant: every expected delivery was either delivered or lost.
@@ -231,6 +278,37 @@ mod tests {
             (3, 1, 2, 1, 2)
         );
         assert!(c.consistent());
+    }
+
+    #[test]
+    fn voided_numbers_are_neither_expected_nor_lost() {
+        let mut t = Tracker::new(0);
+        t.on_seq(0, 4);
+        t.void(0); // already arrived: stays delivered
+        t.void(1);
+        t.void(1);
+        t.void(2);
+        assert_eq!(
+            t.on_seq(2, 4),
+            Outcome::Unexpected,
+            "outcome was unknown, it came after all"
+        );
+        let c = t.counts(4);
+        assert_eq!((c.published, c.delivered, c.lost, c.voided), (2, 1, 1, 2));
+        assert_eq!(c.unexpected, 1);
+        assert!(c.consistent());
+    }
+
+    #[test]
+    fn unseen_below_counts_missing_numbers_in_a_prefix() {
+        let mut t = Tracker::new(10);
+        for s in (10..200).filter(|s| s % 3 != 0) {
+            t.on_seq(s, 200);
+        }
+        let missing = |hi: u64| (10..hi).filter(|s| s % 3 == 0).count() as u64;
+        for hi in [0, 10, 11, 64, 74, 75, 150, 200, 500] {
+            assert_eq!(t.unseen_below(hi, 200), missing(hi.min(200)), "below {hi}");
+        }
     }
 
     #[test]

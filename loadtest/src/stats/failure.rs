@@ -26,6 +26,8 @@ pub enum ConnError {
     Frame(#[from] FrameError),
     #[error("server sent a close frame")]
     Closed,
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("i/o: {0}")]
     Io(io::Error),
 }
@@ -46,14 +48,25 @@ impl From<io::Error> for ConnError {
                 Self::AddrUnavailable
             }
             (io::ErrorKind::TimedOut, _) => Self::Timeout("in the kernel"),
+            (io::ErrorKind::InvalidData, _)
+                if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) =>
+            {
+                Self::Tls(e.to_string())
+            }
             _ => Self::Io(e),
         }
     }
 }
 
 impl ConnError {
+    /// A TLS failure.
+    #[must_use]
+    pub fn tls(e: rustls::Error) -> Self {
+        Self::Tls(e.to_string())
+    }
+
     /// The failure label: `refused`, `timeout`, `reset`, `emfile`, `addr_unavailable`,
-    /// `http_<status>`, `protocol`, `closed` or `other`.
+    /// `http_<status>`, `protocol`, `closed`, `tls` or `other`.
     #[must_use]
     pub fn kind(&self) -> String {
         match self {
@@ -65,6 +78,7 @@ impl ConnError {
             Self::Handshake(h) => h.kind(),
             Self::Frame(f) => f.kind().into(),
             Self::Closed => "closed".into(),
+            Self::Tls(_) => "tls".into(),
             Self::Io(_) => "other".into(),
         }
     }

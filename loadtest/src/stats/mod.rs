@@ -5,4 +5,5 @@ pub mod accounting;
 pub mod failure;
 pub mod hist;
 pub mod pacer;
+pub mod recovery;
 pub mod sysstats;

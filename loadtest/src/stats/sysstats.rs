@@ -52,6 +52,16 @@ pub fn self_cpu_ms() -> u64 {
     proc_sample("self").map(|s| s.cpu_ms).unwrap_or(0)
 }
 
+/// This process's resident set in KiB, from `/proc/self/statm` (cheap enough to read every
+/// progress tick); 0 if unreadable.
+#[must_use]
+pub fn self_rss_kb() -> u64 {
+    fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4)
+}
+
 /// utime + stime (fields 14 and 15) from a `/proc/PID/stat` line, in ms. The command name (field
 /// 2) may contain spaces and parentheses, so fields are counted after its last `)`.
 fn parse_stat_cpu_ms(stat: &str) -> Option<u64> {

@@ -155,6 +155,12 @@ pub enum Delivery<'a> {
 }
 
 impl Assembler {
+    /// Whether a fragmented message is in progress.
+    #[must_use]
+    pub fn in_progress(&self) -> bool {
+        self.in_progress
+    }
+
     /// Feeds one decoded frame.
     pub fn push<'a>(&'a mut self, frame: Frame<'a>) -> Result<Delivery<'a>, FrameError> {
         match frame.opcode {

@@ -11,6 +11,7 @@ use memchr::memmem::Finder;
 static SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"seq\":"));
 static SENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"sent_us\":"));
 static PONG: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"pong\""));
+static BCAST: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"bcast\":"));
 
 /// The two fields the harness needs from a delivered notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,32 @@ pub fn parse(payload: &[u8]) -> Option<Stamp> {
     let seq = number_after(payload, SEQ.find(payload)? + 6)?;
     let sent_us = number_after(payload, SENT.find(payload)? + 10)?;
     Some(Stamp { seq, sent_us })
+}
+
+/// A broadcast notification: one payload sent to many users through the publish API, so it carries
+/// a broadcast id instead of a per-user sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bcast {
+    /// Broadcast id, chosen by the coordinator.
+    pub id: u64,
+    /// Wall-clock send time of the request that carried it, unix microseconds.
+    pub sent_us: u64,
+}
+
+/// Appends a broadcast payload (`{"type":"notification","bcast":<id>,"sent_us":<us>}`) to `out`.
+pub fn write_bcast_payload(out: &mut Vec<u8>, id: u64, sent_us: u64) {
+    let _ = write!(
+        out,
+        r#"{{"type":"notification","bcast":{id},"sent_us":{sent_us}}}"#
+    );
+}
+
+/// Finds `bcast` and `sent_us` in a text frame; `None` if it is not a broadcast.
+#[must_use]
+pub fn parse_bcast(payload: &[u8]) -> Option<Bcast> {
+    let id = number_after(payload, BCAST.find(payload)? + 8)?;
+    let sent_us = number_after(payload, SENT.find(payload)? + 10)?;
+    Some(Bcast { id, sent_us })
 }
 
 /// Whether a text frame is a pong (`{"type":"pong",...}`).
@@ -84,6 +111,25 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn broadcast_round_trip() {
+        let mut v = Vec::new();
+        write_bcast_payload(&mut v, 3, 1_700_000_000_000_001);
+        let json: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        assert_eq!(json["bcast"], 3);
+        assert_eq!(
+            parse_bcast(&v),
+            Some(Bcast {
+                id: 3,
+                sent_us: 1_700_000_000_000_001
+            })
+        );
+        assert_eq!(parse(&v), None, "a broadcast has no sequence number");
+        let mut n = Vec::new();
+        write_payload(&mut n, 1, 2, "");
+        assert_eq!(parse_bcast(&n), None);
     }
 
     #[test]

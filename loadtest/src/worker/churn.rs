@@ -11,7 +11,7 @@ use std::{
 use tokio::{net::TcpStream, task::JoinHandle, time::sleep_until};
 
 use super::{
-    conn::{self, send},
+    conn,
     state::{Worker, now_us},
 };
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
         hist::{self, Hist},
         pacer::Pacer,
     },
-    wire::frame::opcode,
+    wire::frame::{self, opcode},
 };
 
 /// Churn counters of one worker.
@@ -84,11 +84,13 @@ pub async fn run(w: Rc<Worker>, spec: ChurnSpec, duration: Duration) -> ChurnRes
 
 async fn one(w: Rc<Worker>, acc: Rc<RefCell<Acc>>, k: u64, spec: ChurnSpec) {
     let name = format!("{}c{}_{k}", w.plan.user_prefix, w.plan.worker);
-    let token = w.signer.token(&name);
+    let target = format!("{}?token={}", w.plan.path, w.signer.token(&name));
     acc.borrow_mut().attempted += 1;
     w.churned.set(w.churned.get() + 1);
     let t0 = now_us();
-    let (stream, _) = match conn::open(&w, conn::source_for(&w, k as usize), &token).await {
+    let opened = conn::open(&w, conn::churn_source(&w, k as usize), &target).await;
+    let opened = opened.and_then(|o| Ok((TcpStream::from_std(o.sock)?, o.tls.is_some())));
+    let (stream, tls) = match opened {
         Ok(s) => s,
         Err(e) => {
             *acc.borrow_mut().failures.entry(e.kind()).or_default() += 1;
@@ -106,8 +108,12 @@ async fn one(w: Rc<Worker>, acc: Rc<RefCell<Acc>>, k: u64, spec: ChurnSpec) {
     let _ = tokio::time::timeout(lifetime, discard(&stream)).await;
     if spec.abrupt {
         let _ = stream.set_zero_linger();
-    } else {
-        send(&w, &stream, opcode::CLOSE, &1000u16.to_be_bytes());
+    } else if !tls {
+        // A close frame and FIN (over TLS only the FIN: the close would have to be encrypted).
+        let mut out = Vec::with_capacity(8);
+        let mask = (w.rand_u128() as u32).to_be_bytes();
+        frame::encode_masked(opcode::CLOSE, &1000u16.to_be_bytes(), mask, &mut out);
+        let _ = stream.try_write(&out);
     }
     drop(stream);
     w.open.set(w.open.get().saturating_sub(1));

@@ -1,13 +1,16 @@
 //! A worker process: holds a share of the connections and publishes to its own users, driven by
 //! the coordinator over stdin (commands) and stdout (events), one JSON object per line.
 //!
-//! It runs a single-threaded tokio runtime: every task shares the worker's state on one thread,
-//! and one `epoll_wait` wakes many connections at once.
+//! It runs a single-threaded tokio runtime: every task shares the worker's state on one thread.
+//! Open connections have no task of their own: they sit in one epoll set read by one task
+//! ([`reactor`]), so one wake-up serves many connections and each costs only its slot.
 
 mod churn;
 mod conn;
 mod publisher;
+mod reactor;
 mod state;
+mod tls;
 
 use std::{
     io::Write,
@@ -24,7 +27,7 @@ use tokio::{
 
 use self::state::{Worker, now_us};
 use crate::{
-    proto::{Command, ConnectResult, Event, PhaseResult, PhaseSpec, StormResult},
+    proto::{BcastResult, Command, ConnectResult, Event, PhaseResult, PhaseSpec, StormResult},
     stats::{
         hist,
         pacer::Pacer,
@@ -76,12 +79,24 @@ async fn serve() -> Result<(), WorkerError> {
     let Command::Setup(plan) = serde_json::from_str(&first)? else {
         return Err(WorkerError::NoSetup);
     };
-    let w = Worker::new(*plan);
-    if let Some(addr) = w.plan.redis
+    let w = match Worker::new(*plan) {
+        Ok(w) => w,
+        Err(e) => {
+            emit(&Event::Fatal {
+                error: format!("setting up: {e}"),
+            });
+            return Ok(());
+        }
+    };
+    spawn_local(reactor::run(w.clone()));
+    let publish_to = (w.plan.publish_api.as_ref().map(|a| a.addr))
+        .filter(|_| w.plan.redis.is_some())
+        .or(w.plan.redis);
+    if let Some(addr) = publish_to
         && let Err(e) = publisher::connect(&w, addr).await
     {
         emit(&Event::Fatal {
-            error: format!("connecting to Redis at {addr}: {e}"),
+            error: format!("connecting the publisher to {addr}: {e}"),
         });
         return Ok(());
     }
@@ -104,6 +119,20 @@ async fn serve() -> Result<(), WorkerError> {
             }
             Command::Probe { timeout_ms } => {
                 spawn_local(probe_all(w.clone(), timeout_ms));
+            }
+            Command::KeepAlive { interval_ms } => {
+                let gen_ = w.keepalive_gen.get() + 1;
+                w.keepalive_gen.set(gen_);
+                if interval_ms > 0 {
+                    spawn_local(keepalive(w.clone(), interval_ms, gen_));
+                }
+            }
+            Command::BcastExpect { id, users } => {
+                let expected = bcast_expect(&w, id, &users);
+                emit(&Event::BcastReady { expected });
+            }
+            Command::BcastCollect { timeout_ms } => {
+                spawn_local(bcast_collect(w.clone(), timeout_ms));
             }
             Command::StormStart => {
                 let mut s = w.storm.borrow_mut();
@@ -136,6 +165,7 @@ async fn serve() -> Result<(), WorkerError> {
     emit(&Event::Final {
         cpu_ms: me.cpu_ms,
         rss_kb: me.rss_kb,
+        tls_resumed: w.tls_resumed.get(),
     });
     // Exiting closes every socket at once; no need to unwind thousands of tasks.
     std::process::exit(0);
@@ -172,7 +202,7 @@ async fn ramp(w: Rc<Worker>) {
         let Ok(slot) = w.connect_slots.clone().acquire_owned().await else {
             return;
         };
-        spawn_local(conn::run_main(w.clone(), id, slot));
+        spawn_local(conn::start(w.clone(), id, slot));
     }
     if n > 0 {
         loop {
@@ -225,7 +255,7 @@ async fn phase(w: Rc<Worker>, spec: PhaseSpec) {
         Some(h) => h.await.ok(),
         None => None,
     };
-    let counts = w.end_phase();
+    let (counts, recovery) = w.end_phase();
     let ph = w.phase.borrow();
     emit(&Event::PhaseDone(Box::new(PhaseResult {
         step: spec.step,
@@ -243,6 +273,7 @@ async fn phase(w: Rc<Worker>, spec: PhaseSpec) {
         dropped: ph.dropped.clone(),
         cpu_ms: self_cpu_ms() - cpu0,
         churn,
+        recovery,
     })));
 }
 
@@ -250,10 +281,8 @@ async fn phase(w: Rc<Worker>, spec: PhaseSpec) {
 async fn ping(w: Rc<Worker>, timeout_ms: u64) {
     w.pongs.set(0);
     let mut sent = 0;
-    for c in w.conns.borrow().iter() {
-        if let Some(s) = &c.stream
-            && conn::send(&w, s, crate::wire::frame::opcode::TEXT, conn::PING)
-        {
+    for id in open_ids(&w) {
+        if reactor::send(&w, id, crate::wire::frame::opcode::TEXT, reactor::PING) {
             sent += 1;
         }
     }
@@ -277,14 +306,14 @@ async fn probe_all(w: Rc<Worker>, timeout_ms: u64) {
     loop {
         let (open, receiving, waiting) = {
             let conns = w.conns.borrow();
-            let open = conns.iter().filter(|c| c.stream.is_some());
+            let open = conns.iter().filter(|c| c.sock.is_some());
             let (mut o, mut r, mut users) = (0, 0, Vec::new());
             for c in open {
                 o += 1;
                 if c.got_stamp {
                     r += 1;
                 } else {
-                    users.push(c.user);
+                    users.push(c.user as usize);
                 }
             }
             users.dedup();
@@ -317,8 +346,8 @@ async fn prober(w: Rc<Worker>) {
             users.extend(
                 conns
                     .iter()
-                    .filter(|c| c.stream.is_some() && c.reconnected_us != 0 && !c.got_stamp)
-                    .map(|c| c.user)
+                    .filter(|c| c.sock.is_some() && c.reconnected_us != 0 && !c.got_stamp)
+                    .map(|c| c.user as usize)
                     .filter(|&u| now.saturating_sub(all[u].last_probe_us) >= 250_000),
             );
         }
@@ -328,4 +357,103 @@ async fn prober(w: Rc<Worker>) {
             let _ = publisher::probe(&w, &users).await;
         }
     }
+}
+
+/// Ids of the open connections.
+fn open_ids(w: &Worker) -> Vec<usize> {
+    w.conns
+        .borrow()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.sock.is_some())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Keep-alive like the Python CLI: one application ping per open connection per `interval_ms`,
+/// spread over the interval in 100 ms slices, until a newer `KeepAlive` command replaces it.
+async fn keepalive(w: Rc<Worker>, interval_ms: u64, gen_: u64) {
+    const SLICE_MS: u64 = 100;
+    let slices = (interval_ms / SLICE_MS).max(1) as usize;
+    let mut next = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(SLICE_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if w.keepalive_gen.get() != gen_ || w.stopping.get() {
+            return;
+        }
+        let n = w.conns.borrow().len();
+        let per = n.div_ceil(slices);
+        let end = (next + per).min(n);
+        for id in next..end {
+            let open = w.conns.borrow()[id].sock.is_some();
+            if open && reactor::send(&w, id, crate::wire::frame::opcode::TEXT, reactor::PING) {
+                w.pings_sent.set(w.pings_sent.get() + 1);
+            }
+        }
+        next = if end >= n { 0 } else { end };
+    }
+}
+
+/// Marks the connections of `users` (global indices) that belong to this worker as expecting
+/// broadcast `id`; returns how many are open, i.e. expected to receive it.
+fn bcast_expect(w: &Worker, id: u32, users: &[u32]) -> u64 {
+    let local: std::collections::HashMap<u32, usize> = w
+        .plan
+        .users
+        .iter()
+        .enumerate()
+        .map(|(i, &g)| (g, i))
+        .collect();
+    let mut want = vec![false; w.plan.users.len()];
+    for g in users {
+        if let Some(&i) = local.get(g) {
+            want[i] = true;
+        }
+    }
+    let mut expected = 0;
+    for c in w.conns.borrow_mut().iter_mut() {
+        let on = want[c.user as usize] && c.sock.is_some();
+        c.bcast_id = if on { id } else { 0 };
+        c.bcast_seen = 0;
+        expected += u64::from(on);
+    }
+    let mut b = w.bcast.borrow_mut();
+    *b = state::BcastState {
+        id,
+        expected,
+        delivered: 0,
+        duplicates: 0,
+        unexpected: 0,
+        latency: hist::new_hist(3),
+        last_delivery_us: 0,
+    };
+    expected
+}
+
+/// Waits for the current broadcast to reach every expected connection, then reports it.
+async fn bcast_collect(w: Rc<Worker>, timeout_ms: u64) {
+    let end = Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        let done = {
+            let b = w.bcast.borrow();
+            b.delivered >= b.expected
+        };
+        if done || Instant::now() >= end {
+            break;
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    // Late duplicates would show up within a few ms; the broadcast stays armed until the next.
+    sleep(Duration::from_millis(50)).await;
+    let b = w.bcast.borrow();
+    emit(&Event::BcastDone(Box::new(BcastResult {
+        expected: b.expected,
+        delivered: b.delivered,
+        duplicates: b.duplicates,
+        unexpected: b.unexpected,
+        latency: hist::encode(&b.latency),
+        last_delivery_us: b.last_delivery_us,
+    })));
 }

@@ -9,8 +9,11 @@ use std::{
     sync::Arc,
 };
 
+use std::net::TcpStream;
+
+use rustls::ClientConnection;
 use tokio::{
-    net::{TcpStream, tcp::OwnedWriteHalf},
+    net::tcp::OwnedWriteHalf,
     sync::{Notify, Semaphore},
 };
 
@@ -22,21 +25,25 @@ use crate::{
         accounting::{DeliveryCounts, Outcome, Tracker},
         failure::{ConnError, Failures},
         hist::{self, Hist},
+        recovery::{RecoveryCounts, Resume},
     },
     token::Signer,
-    wire::message::Stamp,
+    wire::{
+        frame::Assembler,
+        message::{Bcast, Stamp},
+        recovery::Marks,
+    },
 };
+
+use super::reactor::Reactor;
 
 /// Size of the read buffer shared by all connections of the worker.
 const SCRATCH_BYTES: usize = 256 * 1024;
 
-/// A user this worker owns.
-#[derive(Debug)]
+/// A user this worker owns. Its name, token and channel are derived when needed instead of being
+/// stored: at a million connections every byte per user counts.
+#[derive(Debug, Default, Clone, Copy)]
 pub struct User {
-    /// Redis channel, `notifications:u17`.
-    pub channel: Vec<u8>,
-    /// Its token.
-    pub token: String,
     /// Next sequence number to publish; every number below it has been published.
     pub next_seq: u64,
     /// Its connections open now.
@@ -45,17 +52,37 @@ pub struct User {
     pub last_probe_us: u64,
 }
 
-/// A connection slot.
+/// Read state a connection needs only while a frame or a fragmented message spans reads.
+#[derive(Debug, Default)]
+pub struct ReadState {
+    /// Bytes of an incomplete frame carried to the next read.
+    pub pending: Vec<u8>,
+    /// Fragmented-message reassembly.
+    pub asm: Assembler,
+}
+
+/// A connection slot: one logical client, across its sessions. Kept small (about 170 bytes): an
+/// open connection has no task, no buffer and no runtime registration of its own; its socket is
+/// in the worker's epoll set ([`super::reactor`]).
 #[derive(Debug, Default)]
 pub struct Conn {
     /// Index into [`Worker::users`].
-    pub user: usize,
-    /// The socket while open; shared with the connection's task so pings can be written to it.
-    pub stream: Option<Rc<TcpStream>>,
+    pub user: u32,
+    /// The socket while open (non-blocking, registered with the reactor).
+    pub sock: Option<TcpStream>,
+    /// TLS state for `wss://` (`None` for `ws://`).
+    pub tls: Option<Box<ClientConnection>>,
+    /// Partial frame or fragmented message; `None` almost always.
+    pub rd: Option<Box<ReadState>>,
     /// Delivery accounting of the current phase.
     pub tracker: Tracker,
+    /// Recovery bookkeeping (`--recover` runs only).
+    pub resume: Option<Box<Resume>>,
     /// Whether a notification arrived since the flag was last cleared (probe and storm checks).
     pub got_stamp: bool,
+    /// Broadcast this connection is expected to receive (0 = none), and how often it arrived.
+    pub bcast_id: u32,
+    pub bcast_seen: u16,
     /// When the connection was re-established during a storm, unix µs (0 = not reconnected).
     pub reconnected_us: u64,
 }
@@ -174,6 +201,24 @@ impl StormState {
     }
 }
 
+/// Counters of the current broadcast (a notification to many users through the publish API).
+#[derive(Debug)]
+pub struct BcastState {
+    /// Broadcast id being collected (0 = none).
+    pub id: u32,
+    /// Connections expected to receive it.
+    pub expected: u64,
+    /// Distinct connections that received it.
+    pub delivered: u64,
+    /// Repeated arrivals.
+    pub duplicates: u64,
+    /// Arrivals on connections that were not expected to get it.
+    pub unexpected: u64,
+    /// Send time to arrival, per delivery.
+    pub latency: Hist,
+    pub last_delivery_us: u64,
+}
+
 /// Everything one worker process shares between its tasks.
 pub struct Worker {
     pub plan: WorkerPlan,
@@ -183,9 +228,18 @@ pub struct Worker {
     pub phase: RefCell<PhaseState>,
     pub ramp: RefCell<RampState>,
     pub storm: RefCell<StormState>,
-    /// Read buffer shared by every connection (never held across an await).
+    pub bcast: RefCell<BcastState>,
+    /// Read buffers shared by every connection (never held across an await): socket bytes, and
+    /// decrypted bytes for `wss://`.
     pub scratch: RefCell<Vec<u8>>,
+    pub plain: RefCell<Vec<u8>>,
     pub rng: RefCell<Rng>,
+    /// The epoll set holding every open connection.
+    pub reactor: Reactor,
+    /// `wss://`: the client TLS configuration (shared session ticket pool) and the server name.
+    pub tls: Option<super::tls::Client>,
+    /// Interned epochs seen from the gateway (recovery); index 0 is "none".
+    pub epochs: RefCell<Vec<Box<[u8]>>>,
     /// Bounds handshakes in flight (ramp and reconnects).
     pub connect_slots: Arc<Semaphore>,
     /// Wakes the closed-loop publisher when the window has room.
@@ -202,49 +256,59 @@ pub struct Worker {
     pub probe_queue: RefCell<Vec<usize>>,
     /// The Redis connection's write side, taken by whoever publishes.
     pub redis: RefCell<Option<OwnedWriteHalf>>,
-    /// Redis error replies.
+    /// Redis (or publish API) error replies.
     pub redis_errors: Cell<u64>,
+    /// Publish API: requests written and not answered yet, oldest first, as (user, seq,
+    /// connection generation); a failed or unanswered one is voided.
+    pub inflight: RefCell<std::collections::VecDeque<(u32, u64, u32)>>,
+    /// Publish API: connection generation (bumped at each reconnect).
+    pub api_gen: Cell<u32>,
+    /// Publish API: notifications not sent because the API was unreachable.
+    pub publish_skipped: Cell<u64>,
     /// Connections open now (ramp, churn, reconnects).
     pub open: Cell<u64>,
     /// Failed attempts (ramp, churn, reconnects).
     pub failed: Cell<u64>,
-    /// Pongs received since the last ping round.
+    /// Pongs received since the last ping round, and in total.
     pub pongs: Cell<u64>,
+    pub pongs_total: Cell<u64>,
+    /// Keep-alive pings sent in total.
+    pub pings_sent: Cell<u64>,
     /// Churning connections opened.
     pub churned: Cell<u64>,
+    /// TLS handshakes that resumed a session (`wss://`).
+    pub tls_resumed: Cell<u64>,
+    /// Generation of the keep-alive task; a new `KeepAlive` command retires the old task.
+    pub keepalive_gen: Cell<u64>,
     /// Set at shutdown so reconnect loops stop.
     pub stopping: Cell<bool>,
 }
 
 impl Worker {
-    /// Builds the state for `plan`: users with their tokens, one slot per connection.
-    #[must_use]
-    pub fn new(plan: WorkerPlan) -> Rc<Self> {
+    /// Builds the state for `plan`: users, one slot per connection, the reactor. Must run inside
+    /// the worker's runtime.
+    pub fn new(plan: WorkerPlan) -> std::io::Result<Rc<Self>> {
         let signer = Signer::new(&plan.jwt_secret);
-        let users: Vec<User> = plan
-            .users
-            .iter()
-            .map(|&u| {
-                let name = format!("{}{u}", plan.user_prefix);
-                User {
-                    channel: format!("notifications:{name}").into_bytes(),
-                    token: signer.token(&name),
-                    next_seq: 0,
-                    open: 0,
-                    last_probe_us: 0,
-                }
-            })
-            .collect();
-        let conns = (0..users.len())
-            .flat_map(|u| {
-                (0..plan.conns_per_user).map(move |_| Conn {
-                    user: u,
+        let users = vec![User::default(); plan.users.len()];
+        let recover = plan.recover;
+        let mut conns = Vec::with_capacity(users.len() * plan.conns_per_user as usize);
+        for u in 0..users.len() {
+            for _ in 0..plan.conns_per_user {
+                conns.push(Conn {
+                    user: u as u32,
+                    resume: recover.then(Box::default),
                     ..Conn::default()
-                })
-            })
-            .collect();
+                });
+            }
+        }
+        let tls = match &plan.tls {
+            Some(t) => {
+                Some(super::tls::Client::new(t, conns.len()).map_err(std::io::Error::other)?)
+            }
+            None => None,
+        };
         let interval_us = plan.interval_ms * 1000;
-        Rc::new(Self {
+        Ok(Rc::new(Self {
             rng: RefCell::new(Rng::new(
                 plan.seed ^ u64::from(plan.worker).wrapping_mul(0x9E37),
             )),
@@ -263,7 +327,24 @@ impl Worker {
                 last_done_us: 0,
             }),
             storm: RefCell::new(StormState::new()),
+            bcast: RefCell::new(BcastState {
+                id: 0,
+                expected: 0,
+                delivered: 0,
+                duplicates: 0,
+                unexpected: 0,
+                latency: hist::new_hist(3),
+                last_delivery_us: 0,
+            }),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+            plain: RefCell::new(if tls.is_some() {
+                vec![0; SCRATCH_BYTES]
+            } else {
+                Vec::new()
+            }),
+            reactor: Reactor::new()?,
+            tls,
+            epochs: RefCell::new(vec![Box::default()]),
             wake_publisher: Notify::new(),
             publisher_waiting: Cell::new(false),
             window_low: Cell::new(0),
@@ -272,17 +353,63 @@ impl Worker {
             probe_queue: RefCell::new(Vec::new()),
             redis: RefCell::new(None),
             redis_errors: Cell::new(0),
+            inflight: RefCell::default(),
+            api_gen: Cell::new(0),
+            publish_skipped: Cell::new(0),
             open: Cell::new(0),
             failed: Cell::new(0),
             pongs: Cell::new(0),
+            pongs_total: Cell::new(0),
+            pings_sent: Cell::new(0),
             churned: Cell::new(0),
+            tls_resumed: Cell::new(0),
+            keepalive_gen: Cell::new(0),
             stopping: Cell::new(false),
             plan,
-        })
+        }))
     }
 
-    /// A delivered notification on connection `id`, received at `now_us`.
-    pub fn on_stamp(&self, id: usize, stamp: Stamp, now_us: u64) {
+    /// User id of local user `u` (`u17`).
+    #[must_use]
+    pub fn user_name(&self, u: usize) -> String {
+        format!("{}{}", self.plan.user_prefix, self.plan.users[u])
+    }
+
+    /// Appends the Redis channel of local user `u` (`notifications:u17`) to `out`.
+    pub fn write_channel(&self, u: usize, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = write!(
+            out,
+            "notifications:{}{}",
+            self.plan.user_prefix, self.plan.users[u]
+        );
+    }
+
+    /// The token of local user `u` (signed when needed: ~3 µs, cheaper than keeping ~200 bytes
+    /// per user).
+    #[must_use]
+    pub fn token(&self, u: usize) -> String {
+        self.signer.token(&self.user_name(u))
+    }
+
+    /// Interns an epoch string; returns its id (never 0).
+    pub fn intern_epoch(&self, e: &[u8]) -> u32 {
+        let mut t = self.epochs.borrow_mut();
+        if let Some(i) = t.iter().rposition(|x| &x[..] == e)
+            && i > 0
+        {
+            return i as u32;
+        }
+        t.push(e.into());
+        (t.len() - 1) as u32
+    }
+
+    /// A delivered notification on connection `id`, received at `now_us`; `marks` are its
+    /// recovery fields (recovery runs only).
+    pub fn on_stamp(&self, id: usize, stamp: Stamp, now_us: u64, marks: Option<Marks<'_>>) {
+        let epoch = marks
+            .and_then(|m| m.epoch)
+            .map_or(0, |e| self.intern_epoch(e));
         let mut conns = self.conns.borrow_mut();
         let conn = &mut conns[id];
         if !conn.got_stamp {
@@ -297,10 +424,18 @@ impl Worker {
         }
         let mut ph = self.phase.borrow_mut();
         if !ph.accounting {
+            if let (Some(r), Some(m)) = (conn.resume.as_deref_mut(), marks) {
+                r.on_notification(stamp.seq, m.offset, epoch, false);
+            }
             return;
         }
-        let published = self.users.borrow()[conn.user].next_seq;
-        if let Outcome::Delivered { .. } = conn.tracker.on_seq(stamp.seq, published) {
+        let published = self.users.borrow()[conn.user as usize].next_seq;
+        let outcome = conn.tracker.on_seq(stamp.seq, published);
+        let new = matches!(outcome, Outcome::Delivered { .. });
+        if let (Some(r), Some(m)) = (conn.resume.as_deref_mut(), marks) {
+            r.on_notification(stamp.seq, m.offset, epoch, new);
+        }
+        if new {
             ph.delivered += 1;
             let lat = now_us.saturating_sub(stamp.sent_us);
             hist::record(&mut ph.latency, lat);
@@ -320,37 +455,101 @@ impl Worker {
         }
     }
 
-    /// Connection `id` is open on `stream`.
-    pub fn attach(&self, id: usize, stream: Rc<TcpStream>) {
+    /// A `connected` greeting on connection `id` with its recovery fields.
+    pub fn on_connected(&self, id: usize, m: Marks<'_>) {
+        let epoch = m.epoch.map_or(0, |e| self.intern_epoch(e));
+        let mut conns = self.conns.borrow_mut();
+        let conn = &mut conns[id];
+        let next = self.users.borrow()[conn.user as usize].next_seq;
+        if let Some(r) = conn.resume.as_deref_mut() {
+            r.on_connected(m.offset, epoch, m.recovered, next);
+        }
+    }
+
+    /// A broadcast notification on connection `id`.
+    pub fn on_bcast(&self, id: usize, b: Bcast, now_us: u64) {
+        let mut conns = self.conns.borrow_mut();
+        let conn = &mut conns[id];
+        let mut st = self.bcast.borrow_mut();
+        if st.id == 0 || u64::from(st.id) != b.id || conn.bcast_id != st.id {
+            st.unexpected += 1;
+            return;
+        }
+        conn.bcast_seen = conn.bcast_seen.saturating_add(1);
+        if conn.bcast_seen > 1 {
+            st.duplicates += 1;
+            return;
+        }
+        st.delivered += 1;
+        hist::record(&mut st.latency, now_us.saturating_sub(b.sent_us));
+        st.last_delivery_us = st.last_delivery_us.max(now_us);
+    }
+
+    /// Takes notification `seq` of local user `u` out of every expectation: its publish failed or
+    /// its outcome is unknown.
+    pub fn void(&self, u: usize, seq: u64) {
+        let per = self.plan.conns_per_user as usize;
+        let mut conns = self.conns.borrow_mut();
+        for c in &mut conns[u * per..(u + 1) * per] {
+            c.tracker.void(seq);
+        }
+        let mut ph = self.phase.borrow_mut();
+        ph.expected = ph.expected.saturating_sub(per as u64);
+    }
+
+    /// Connection `id` is open on `sock` (already registered with the reactor by the caller);
+    /// `asked` says whether its request asked for a replay.
+    pub fn attach(
+        &self,
+        id: usize,
+        sock: TcpStream,
+        tls: Option<Box<ClientConnection>>,
+        asked: bool,
+    ) {
         let mut conns = self.conns.borrow_mut();
         let conn = &mut conns[id];
         let mut users = self.users.borrow_mut();
-        let user = &mut users[conn.user];
+        let user = &mut users[conn.user as usize];
         user.open += 1;
-        conn.stream = Some(stream);
-        // Accounting starts now if a phase is running (only reconnects attach mid-phase).
-        conn.tracker = Tracker::new(user.next_seq);
+        conn.sock = Some(sock);
+        conn.tls = tls;
+        conn.rd = None;
+        // Accounting starts now if a phase is running (only reconnects attach mid-phase); a
+        // recovering client keeps its tracker: it is the same client, and the replay must fill
+        // what it missed.
+        match conn.resume.as_deref_mut() {
+            Some(r) => r.on_session(asked),
+            None => conn.tracker = Tracker::new(user.next_seq),
+        }
         self.open.set(self.open.get() + 1);
     }
 
-    /// Connection `id` ended with `err`.
-    pub fn detach(&self, id: usize, err: &ConnError) {
+    /// Connection `id` ended with `err`; returns whether it was open (its socket is closed here).
+    pub fn detach(&self, id: usize, err: &ConnError) -> bool {
         let now = now_us();
         let mut conns = self.conns.borrow_mut();
         let conn = &mut conns[id];
-        if conn.stream.take().is_none() {
-            return;
-        }
+        let Some(sock) = conn.sock.take() else {
+            return false;
+        };
+        self.reactor.remove(&sock);
+        drop(sock);
+        conn.tls = None;
+        conn.rd = None;
         self.open.set(self.open.get().saturating_sub(1));
         let mut users = self.users.borrow_mut();
-        let user = &mut users[conn.user];
+        let user = &mut users[conn.user as usize];
         user.open = user.open.saturating_sub(1);
-        conn.tracker.end(user.next_seq);
         conn.got_stamp = false;
         conn.reconnected_us = 0;
         let mut ph = self.phase.borrow_mut();
+        if conn.resume.is_none() {
+            conn.tracker.end(user.next_seq);
+            if ph.accounting {
+                ph.dead_lost += conn.tracker.counts(user.next_seq).lost;
+            }
+        }
         if ph.accounting {
-            ph.dead_lost += conn.tracker.counts(user.next_seq).lost;
             *ph.dropped.entry(err.kind()).or_default() += 1;
         }
         let mut storm = self.storm.borrow_mut();
@@ -361,15 +560,16 @@ impl Worker {
             }
             storm.last_drop_us = now;
         }
+        true
     }
 
     /// Starts accounting a phase at `start_us`; returns the users with an open connection.
     pub fn begin_phase(&self, start_us: u64) -> Vec<usize> {
         let users = self.users.borrow();
         for conn in self.conns.borrow_mut().iter_mut() {
-            let next = users[conn.user].next_seq;
+            let next = users[conn.user as usize].next_seq;
             conn.tracker = Tracker::new(next);
-            if conn.stream.is_none() {
+            if conn.sock.is_none() && conn.resume.is_none() {
                 conn.tracker.end(next);
             }
         }
@@ -377,20 +577,27 @@ impl Worker {
         users
             .iter()
             .enumerate()
-            .filter(|(_, u)| u.open > 0)
+            .filter(|(_, u)| u.open > 0 || self.plan.recover)
             .map(|(i, _)| i)
             .collect()
     }
 
-    /// Stops accounting and returns the phase's delivery counts.
-    pub fn end_phase(&self) -> DeliveryCounts {
+    /// Stops accounting and returns the phase's delivery counts, and the recovery counts of a
+    /// recovery run.
+    pub fn end_phase(&self) -> (DeliveryCounts, Option<RecoveryCounts>) {
         self.phase.borrow_mut().accounting = false;
         let users = self.users.borrow();
         let mut total = DeliveryCounts::default();
-        for conn in self.conns.borrow().iter() {
-            total.add(&conn.tracker.counts(users[conn.user].next_seq));
+        let mut rec = self.plan.recover.then(RecoveryCounts::default);
+        for conn in self.conns.borrow_mut().iter_mut() {
+            let published = users[conn.user as usize].next_seq;
+            total.add(&conn.tracker.counts(published));
+            if let (Some(r), Some(acc)) = (conn.resume.as_deref_mut(), rec.as_mut()) {
+                r.finish(&conn.tracker, published);
+                acc.add(&r.counts);
+            }
         }
-        total
+        (total, rec)
     }
 
     /// Current counters for the live display.
@@ -419,6 +626,10 @@ impl Worker {
             receiving: storm.receiving,
             churned: self.churned.get(),
             recent_p99_us,
+            rss_kb: crate::stats::sysstats::self_rss_kb(),
+            pings_sent: self.pings_sent.get(),
+            pongs: self.pongs_total.get(),
+            bcast_delivered: self.bcast.borrow().delivered,
         }
     }
 
