@@ -26,7 +26,8 @@
 //!                                               every connection of that user on the shard:
 //!                                               non-blocking send of the shared frame, else
 //!                                               the bounded outbox and a writer task
-//!                                               (shard::conn; raw calls in net::sys)
+//!                                               (shard::conn: decisions in conn::state,
+//!                                               raw calls in net::sys)
 //! ```
 //!
 //! # Layers

@@ -159,8 +159,11 @@ label_enum! {
         SlowConsumer => "slow_consumer",
         /// No connection for that user on this gateway.
         NotLocal => "not_local",
-        /// Arrived during shutdown.
+        /// Arrived during shutdown, or queued on a connection the drain closed.
         ShuttingDown => "shutting_down",
+        /// The recipient connection was closing or gone (client close, eviction, idle or token
+        /// timeout, protocol error, dead peer) when it arrived or while it waited in the outbox.
+        ConnectionClosing => "connection_closing",
     }
 }
 
@@ -216,6 +219,15 @@ impl LatencyHistogram {
         let i = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Records `n` observations of the same value (one per connection a notification was
+    /// written to at once), with the cost of one.
+    #[inline]
+    pub fn observe_n_us(&self, us: u64, n: u64) {
+        let i = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
+        self.buckets[i].fetch_add(n, Relaxed);
+        self.sum_us.fetch_add(us.saturating_mul(n), Relaxed);
     }
 
     /// Number of observations.
@@ -796,6 +808,7 @@ mod tests {
                 "slow_consumer",
                 "not_local",
                 "shutting_down",
+                "connection_closing",
             ],
         );
         check(

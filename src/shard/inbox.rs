@@ -9,7 +9,12 @@ use std::{
     task::Poll,
 };
 
-use super::{Shard, conn::SendOutcome, handoff::Handoff, session};
+use super::{
+    Shard,
+    conn::{SendOutcome, state::Tally},
+    handoff::Handoff,
+    session,
+};
 use crate::{
     clock,
     fanout::{Body, Delivery},
@@ -90,15 +95,17 @@ pub async fn run(shard: Rc<Shard>, mut inbox: Inbox) {
     }
 }
 
-/// Writes one notification to every connection of its user on this shard.
+/// Writes one notification to every connection of its user on this shard. Every lost copy is
+/// counted once, with one reason: `not_local` only when the user has no connection here at all;
+/// a connection that refuses it (closing, or overflowing) counts its own drop.
 fn deliver(shard: &Rc<Shard>, delivery: Delivery) {
-    let mut recipients = 0u32;
     let registry = shard.registry.borrow();
     let mut conns = registry.user(&delivery.user).peekable();
+    let local = conns.peek().is_some();
     let frame = match delivery.body {
         Body::Frame(frame) => Some(frame),
         // From Redis: validate and normalise once, and only for a user that is here.
-        Body::Raw(_) if conns.peek().is_none() => None,
+        Body::Raw(_) if !local => None,
         Body::Raw(raw) => {
             match payload::normalize_to_frame(
                 &raw,
@@ -116,20 +123,15 @@ fn deliver(shard: &Rc<Shard>, delivery: Delivery) {
             }
         }
     };
+    let mut recipients = 0u32;
     if let Some(frame) = frame {
+        let mut tally = Tally::default();
         for conn in conns {
-            if conn.send(shard, frame.clone()) != SendOutcome::Rejected {
+            if conn.deliver(shard, &frame, delivery.received, &mut tally) != SendOutcome::Rejected {
                 recipients += 1;
             }
         }
-    }
-    if recipients > 0 {
-        shard
-            .stats
-            .notifications_sent
-            .fetch_add(u64::from(recipients), Relaxed);
-        let us = delivery.received.elapsed().as_micros() as u64;
-        shard.stats.delivery_latency.observe_us(us);
+        tally.settle(&shard.stats, delivery.received);
     }
     match delivery.reply {
         // The publisher may have given up waiting; that is fine.
@@ -138,7 +140,7 @@ fn deliver(shard: &Rc<Shard>, delivery: Delivery) {
         }
         // From Redis: with pattern subscriptions every gateway sees every user's traffic and
         // drops what is not for its own connections.
-        None if recipients == 0 => shard.stats.inc_drop(DropReason::NotLocal, 1),
+        None if !local => shard.stats.inc_drop(DropReason::NotLocal, 1),
         None => {}
     }
 }

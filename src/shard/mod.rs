@@ -17,6 +17,8 @@ pub mod registry;
 pub mod session;
 pub mod shared;
 pub mod sweep;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::{
     cell::RefCell,
@@ -109,6 +111,29 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// A shard's state before it serves: empty registry, fresh scratch buffer.
+    pub fn new(
+        id: usize,
+        limits: Limits,
+        shared: Arc<Shared>,
+        outlets: Outlets,
+        membership: Option<std::sync::mpsc::Sender<membership::Event>>,
+    ) -> Self {
+        Self {
+            id,
+            limits,
+            stats: shared.metrics.shard(id),
+            registry: RefCell::new(Registry::default()),
+            scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
+            shared,
+            outlets: RefCell::new(outlets),
+            membership,
+            epoch: Instant::now(),
+            finished: std::cell::Cell::new(false),
+            stop_accepting: RefCell::new(None),
+        }
+    }
+
     /// Reports a user's first connection on this gateway to the subscriber, if it tracks them.
     pub fn user_joined(&self, user: &str) {
         if let Some(tx) = &self.membership {
@@ -195,20 +220,13 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
 async fn main(setup: ShardSetup) -> io::Result<()> {
     let listener = monoio::net::TcpListener::from_std(setup.listener)?;
     let _ = setup.ready.send(Ok(setup.id));
-    let stats = setup.shared.metrics.shard(setup.id);
-    let shard = Rc::new(Shard {
-        id: setup.id,
-        limits: setup.limits,
-        stats,
-        registry: RefCell::new(Registry::default()),
-        scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
-        shared: setup.shared,
-        outlets: RefCell::new(setup.outlets),
-        membership: setup.membership,
-        epoch: Instant::now(),
-        finished: std::cell::Cell::new(false),
-        stop_accepting: RefCell::new(None),
-    });
+    let shard = Rc::new(Shard::new(
+        setup.id,
+        setup.limits,
+        setup.shared,
+        setup.outlets,
+        setup.membership,
+    ));
     let canceller = monoio::io::Canceller::new();
     let stop = canceller.handle();
     *shard.stop_accepting.borrow_mut() = Some(canceller);

@@ -120,5 +120,10 @@ fn establish(
             "too many connections for this user; closing the oldest",
         );
     }
-    monoio::spawn(reader::run(conn, shard.clone(), leftover, slot));
+    monoio::spawn(reader::run::<reader::GatewayMessages>(
+        conn,
+        shard.clone(),
+        leftover,
+        slot,
+    ));
 }
