@@ -132,6 +132,15 @@ impl Gateway {
         }
     }
 
+    /// Test-only: holds (`true`) or releases (`false`) the notifications routed to shard `shard`
+    /// in its delivery ring, so tests can fill a ring or build a backlog deterministically.
+    /// Never reachable from the network.
+    #[doc(hidden)]
+    pub fn pause_deliveries(&self, shard: usize, paused: bool) {
+        self.shared.deliveries_paused[shard].store(paused, Ordering::Release);
+        self.doorbells[shard].ring();
+    }
+
     /// Blocks until the shard threads exit (after a drain).
     pub fn join(self) {
         for t in self.threads {

@@ -1,6 +1,7 @@
 //! The shard's accept loop. Out of descriptors (`EMFILE`, `ENFILE`) or kernel memory, it backs
 //! off with a growing pause instead of spinning, keeps serving existing connections meanwhile,
-//! counts the failure, and resumes as descriptors free up.
+//! counts the failure, and resumes as descriptors free up. Under a connect flood it accepts
+//! [`ACCEPTS_PER_TURN`] connections, then waits for the driver's next turn (`net::turn`).
 
 use std::{io, rc::Rc, time::Duration};
 
@@ -13,16 +14,26 @@ use crate::metrics::AcceptError;
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest pause between accept attempts while out of resources.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Connections accepted before the accept loop lets the rest of the shard have a turn of the
+/// driver (a connect flood must not starve established connections, timers or the drain).
+const ACCEPTS_PER_TURN: usize = 64;
 
 /// Accepts until the process drains: the inbox then cancels the pending accept through `stop`
 /// (an io_uring or epoll cancellation, never an action on a descriptor this task may already
 /// have closed), and the listener is dropped here.
 pub async fn run(shard: Rc<Shard>, listener: TcpListener, stop: CancelHandle) {
     let mut backoff = MIN_BACKOFF;
+    let mut accepted = 0;
     while !shard.draining() {
+        if accepted == ACCEPTS_PER_TURN {
+            accepted = 0;
+            shard.turn.next().await;
+            continue;
+        }
         match listener.cancelable_accept(stop.clone()).await {
             Ok((stream, _peer)) => {
                 backoff = MIN_BACKOFF;
+                accepted += 1;
                 monoio::spawn(serve(shard.clone(), stream));
             }
             // The drain cancelled this accept.

@@ -35,6 +35,7 @@ use self::{handoff::Outlets, inbox::Inbox, registry::Registry, shared::Shared};
 use crate::{
     fanout::redis::membership,
     metrics::ShardStats,
+    net::turn::Turn,
     proto::{frame, upgrade::HandshakeConfig},
 };
 
@@ -108,18 +109,21 @@ pub struct Shard {
     pub finished: std::cell::Cell<bool>,
     /// Cancels the accept loop's pending accept when the drain starts (taken once).
     stop_accepting: RefCell<Option<monoio::io::Canceller>>,
+    /// Where busy tasks wait for the driver's next turn (timers, I/O) after their budget.
+    pub turn: Rc<Turn>,
 }
 
 impl Shard {
-    /// A shard's state before it serves: empty registry, fresh scratch buffer.
+    /// A shard's state before it serves: empty registry, fresh scratch buffer. Must be called
+    /// on the shard's monoio runtime (it starts the shard's [`Turn`] pump there).
     pub fn new(
         id: usize,
         limits: Limits,
         shared: Arc<Shared>,
         outlets: Outlets,
         membership: Option<std::sync::mpsc::Sender<membership::Event>>,
-    ) -> Self {
-        Self {
+    ) -> io::Result<Self> {
+        Ok(Self {
             id,
             limits,
             stats: shared.metrics.shard(id),
@@ -131,7 +135,8 @@ impl Shard {
             epoch: Instant::now(),
             finished: std::cell::Cell::new(false),
             stop_accepting: RefCell::new(None),
-        }
+            turn: Turn::start()?,
+        })
     }
 
     /// Reports a user's first connection on this gateway to the subscriber, if it tracks them.
@@ -219,14 +224,14 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
 /// The shard's main future: starts its tasks and serves the inbox until shutdown.
 async fn main(setup: ShardSetup) -> io::Result<()> {
     let listener = monoio::net::TcpListener::from_std(setup.listener)?;
-    let _ = setup.ready.send(Ok(setup.id));
     let shard = Rc::new(Shard::new(
         setup.id,
         setup.limits,
         setup.shared,
         setup.outlets,
         setup.membership,
-    ));
+    )?);
+    let _ = setup.ready.send(Ok(setup.id));
     let canceller = monoio::io::Canceller::new();
     let stop = canceller.handle();
     *shard.stop_accepting.borrow_mut() = Some(canceller);

@@ -2,6 +2,9 @@
 //! decodes frames and answers them. It owns the connection's life: when it exits, the connection
 //! is unregistered and torn down.
 //!
+//! A client sending flat out gets [`READS_PER_TURN`] full reads, then waits for the driver's
+//! next turn (see `net::turn`), like every other loop fed from outside.
+//!
 //! What a complete data message means is the one thing that differs between the gateway (JSON
 //! ping, anything else an error) and the conformance echo server (echo it): that is the
 //! [`Messages`] seam, a type parameter, so the gateway's reader is monomorphised with no
@@ -24,6 +27,10 @@ use crate::{
         message::{self, ClientMessage},
     },
 };
+
+/// Full scratch-buffer reads (64 KiB each) one connection may do before the rest of the shard
+/// gets a turn of the driver: a client sending flat out must not starve the others.
+const READS_PER_TURN: usize = 4;
 
 /// What a connection does with a complete client data message. Implemented by zero-sized
 /// types; the reader calls them statically.
@@ -75,21 +82,33 @@ pub async fn run<M: Messages>(conn: Rc<Conn>, shard: Rc<Shard>, mut leftover: Ve
         if conn.phase() == Phase::Closed || conn.stream.readable(false).await.is_err() {
             break;
         }
+        let mut reads = 0;
         loop {
-            let mut scratch = shard.scratch.borrow_mut();
-            let cap = scratch.len();
-            match sys::recv(conn.fd(), &mut scratch) {
-                Ok(0) => break 'conn,
-                Ok(n) => {
-                    conn.touch(shard.now_ms());
-                    next = on_bytes::<M>(&conn, &shard, &mut decoder, &mut scratch[..n]);
-                    if n < cap || !matches!(next, Next::Continue) {
-                        break;
+            let full = {
+                let mut scratch = shard.scratch.borrow_mut();
+                match sys::recv(conn.fd(), &mut scratch) {
+                    Ok(0) => break 'conn,
+                    Ok(n) => {
+                        conn.touch(shard.now_ms());
+                        next = on_bytes::<M>(&conn, &shard, &mut decoder, &mut scratch[..n]);
+                        n == scratch.len()
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        shard.stats.inc_error(ErrorType::WebsocketError);
+                        break 'conn;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    shard.stats.inc_error(ErrorType::WebsocketError);
+            };
+            if !full || !matches!(next, Next::Continue) {
+                break;
+            }
+            reads += 1;
+            if reads == READS_PER_TURN {
+                // A client sending flat out: the rest of the shard runs first.
+                reads = 0;
+                shard.turn.next().await;
+                if conn.phase() == Phase::Closed {
                     break 'conn;
                 }
             }

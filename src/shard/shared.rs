@@ -25,6 +25,9 @@ pub struct Shared {
     pub drain_period: Duration,
     /// Metrics registry (per-shard stats live inside).
     pub metrics: Arc<Metrics>,
+    /// Per shard: deliveries are held in its ring, not served (test-only pause, reachable only
+    /// through a hidden method of `gateway::Gateway`; hand-offs are still served).
+    pub deliveries_paused: Box<[AtomicBool]>,
 }
 
 impl Shared {
@@ -43,6 +46,7 @@ impl Shared {
             draining: Arc::new(AtomicBool::new(false)),
             drain_period,
             metrics,
+            deliveries_paused: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 

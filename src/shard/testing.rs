@@ -63,7 +63,7 @@ pub(crate) fn shard(limits: Limits) -> Rc<Shard> {
         Duration::ZERO,
     ));
     let outlets = Outlets::new(vec![None], vec![Arc::new(Doorbell::default())]);
-    Rc::new(Shard::new(0, limits, shared, outlets, None))
+    Rc::new(Shard::new(0, limits, shared, outlets, None).expect("shard state"))
 }
 
 /// Real loopback connections: the server ends become [`Conn`]s, the client ends are kept here
@@ -82,13 +82,18 @@ impl Sockets {
         }
     }
 
-    /// A new connection for `user` (must be called inside a monoio runtime).
-    pub(crate) fn conn(&mut self, user: &str, now_ms: u64) -> Rc<Conn> {
+    /// The server end of a new connection, as accepted (non-blocking).
+    pub(crate) fn accepted(&mut self) -> TcpStream {
         self.clients
             .push(TcpStream::connect(self.listener.local_addr().unwrap()).unwrap());
         let (server, _) = self.listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
-        let stream = monoio::net::TcpStream::from_std(server).unwrap();
+        server
+    }
+
+    /// A new connection for `user` (must be called inside a monoio runtime).
+    pub(crate) fn conn(&mut self, user: &str, now_ms: u64) -> Rc<Conn> {
+        let stream = monoio::net::TcpStream::from_std(self.accepted()).unwrap();
         Rc::new(Conn::new(stream, Rc::from(user), now_ms))
     }
 }

@@ -74,6 +74,26 @@ pub fn start_owned(driver: &str, extra: &[&str]) -> (TestGateway, gateway::Gatew
     (TestGateway { ws, control }, gw)
 }
 
+/// Waits until `cond` holds, polling it every 20 ms, and panics naming `what` after `limit`.
+/// For conditions that should hold soon; the limit only turns a hang into a failure.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A valid token for `user`.
 pub fn token(user: &str) -> String {
     issue_hs256(SECRET.as_bytes(), user, 3600)
