@@ -27,6 +27,7 @@ under_both_drivers!(
     closes_1007_on_invalid_utf8,
     closes_1009_on_oversized_message,
     answers_client_close_handshake,
+    echoes_every_valid_client_close_code,
     drops_stalled_handshakes,
     evicts_oldest_connection_beyond_per_user_cap,
     closes_slow_consumer_with_1013_while_others_receive,
@@ -324,6 +325,26 @@ async fn answers_client_close_handshake(driver: &str) {
     ));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(gw.metric("websocket_connections_active").await, 0.0);
+}
+
+async fn echoes_every_valid_client_close_code(driver: &str) {
+    let gw = start(driver, &[]);
+    // RFC 6455 §5.5.1: the endpoint echoes the status code it received. Application codes
+    // (3000-4999) included; the metric labels them as one range.
+    for code in [1000u16, 1001, 1003, 1007, 1008, 1010, 1011, 3000, 3999, 4000, 4999] {
+        let mut ws = gw.connect("closer").await;
+        ws.send(Message::Close(Some(CloseFrame {
+            code: code.into(),
+            reason: "bye".into(),
+        })))
+        .await
+        .unwrap();
+        assert_eq!(close_code(&mut ws).await, code, "echo of {code}");
+    }
+    let app = gw
+        .metric(r#"websocket_close_codes_sent_total{code="3000-4999"}"#)
+        .await;
+    assert_eq!(app, 4.0);
 }
 
 async fn drops_stalled_handshakes(driver: &str) {

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     clock,
-    metrics::ErrorType,
+    metrics::{DropReason, ErrorType},
     net::sys,
     proto::{
         close::CloseCode,
@@ -161,11 +161,12 @@ fn on_event<M: Messages>(conn: &Rc<Conn>, shard: &Rc<Shard>, event: Event<'_>) -
         }
         Event::Close(status) => {
             if open {
-                // Echo the client's code (RFC 6455 §5.5.1); no code means a normal closure.
-                let code = status
-                    .and_then(|(code, _)| CloseCode::from_code(code))
-                    .unwrap_or(CloseCode::Normal1000);
-                conn.close(shard, code, "");
+                // Echo the client's code as sent (RFC 6455 §5.5.1; the decoder admitted only
+                // codes a client may send); no code means a normal closure.
+                let wire = status.map_or(1000, |(code, _)| code);
+                let label = CloseCode::for_echo(wire).unwrap_or(CloseCode::Normal1000);
+                let drops = DropReason::ConnectionClosing;
+                conn.close_with(shard, wire, label, "", drops);
             }
             // Both close frames exchanged once ours is out: then the server closes TCP first.
             if conn.peer_closed() {
