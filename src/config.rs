@@ -192,6 +192,15 @@ pub struct Config {
     #[arg(long, env = "JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
 
+    /// Close a connection (code 4001) when its token's `exp` (plus JWT_LEEWAY) passes, unless
+    /// the client sent a fresh token with `{"type":"refresh","token":"..."}` (true/false).
+    ///
+    /// Off by default: existing clients (the Python CLI) never refresh. Checked once per sweep
+    /// period (at most 1 s late). Memory when on: ~40 B per connection with an `exp`.
+    #[arg(long, env = "TOKEN_EXPIRY_CLOSE", default_value = "false")]
+    #[arg(action = ArgAction::Set, value_name = "BOOL", value_parser = parse_bool)]
+    pub token_expiry_close: bool,
+
     /// Development mode: generate a random JWT secret when JWT_SECRET is unset.
     ///
     /// The generated secret is logged at startup so a developer can sign test tokens; never
@@ -604,6 +613,7 @@ impl Config {
             ),
             (n("jwt_require_exp"), self.jwt_require_exp.to_string()),
             (n("jwt_leeway"), dur(self.jwt_leeway)),
+            (n("token_expiry_close"), self.token_expiry_close.to_string()),
             (n("dev"), self.dev.to_string()),
             (n("shards"), shards),
             (n("io_driver"), self.io_driver.as_str().into()),
@@ -935,6 +945,7 @@ mod tests {
         assert_eq!(c.jwt_public_key_file, None);
         assert!(c.jwt_require_exp);
         assert_eq!(c.jwt_leeway, Duration::from_secs(30));
+        assert!(!c.token_expiry_close);
         assert!(!c.dev);
         assert!(!c.check_config);
         assert_eq!(c.shards, None);
@@ -1000,6 +1011,7 @@ mod tests {
         ("JWT_PUBLIC_KEY_FILE", "/etc/key.pem"),
         ("JWT_REQUIRE_EXP", "no"),
         ("JWT_LEEWAY", "2s"),
+        ("TOKEN_EXPIRY_CLOSE", "true"),
         ("GATEWAY_DEV", "yes"),
         ("SHARDS", "3"),
         ("IO_DRIVER", "io-uring"),
@@ -1060,6 +1072,7 @@ mod tests {
         assert_eq!(c.jwt_public_key_file, Some(PathBuf::from("/etc/key.pem")));
         assert!(!c.jwt_require_exp);
         assert_eq!(c.jwt_leeway, Duration::from_secs(2));
+        assert!(c.token_expiry_close);
         assert!(c.dev);
         assert_eq!(c.shards, Some(3));
         assert_eq!(c.shard_count(), 3);

@@ -331,7 +331,9 @@ async fn echoes_every_valid_client_close_code(driver: &str) {
     let gw = start(driver, &[]);
     // RFC 6455 §5.5.1: the endpoint echoes the status code it received. Application codes
     // (3000-4999) included; the metric labels them as one range.
-    for code in [1000u16, 1001, 1003, 1007, 1008, 1010, 1011, 3000, 3999, 4000, 4999] {
+    for code in [
+        1000u16, 1001, 1003, 1007, 1008, 1010, 1011, 3000, 3999, 4000, 4999,
+    ] {
         let mut ws = gw.connect("closer").await;
         ws.send(Message::Close(Some(CloseFrame {
             code: code.into(),

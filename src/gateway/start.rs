@@ -203,6 +203,8 @@ pub fn limits(cfg: &Config) -> Limits {
             max_request_bytes: cfg.max_handshake_bytes,
         },
         max_payload_bytes: cfg.max_publish_bytes,
+        token_expiry_close: cfg.token_expiry_close,
+        jwt_leeway_secs: cfg.jwt_leeway.as_secs(),
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Admitted {
     pub leftover: Vec<u8>,
     /// The connection's slot against `MAX_CONNECTIONS`.
     pub slot: Slot,
+    /// The token's `exp` (Unix seconds), if it has one.
+    pub expires_at: Option<u64>,
 }
 
 /// What reading the request produced.
@@ -101,15 +103,16 @@ pub async fn admit(shard: &Rc<Shard>, stream: TcpStream) -> Option<Admitted> {
     };
     let verified = match token {
         None => Err(AuthError::Missing),
-        Some(token) => shard.shared.auth.verify(&token),
+        Some(token) => shard.shared.auth.verify_claims(&token),
     };
     match verified {
-        Ok(user) => Some(Admitted {
+        Ok(verified) => Some(Admitted {
             stream,
-            user,
+            user: verified.user,
             accept_key,
             leftover,
             slot,
+            expires_at: verified.expires_at,
         }),
         Err(err) => {
             shard.stats.inc_auth_failure(auth_failure(&err));

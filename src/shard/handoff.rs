@@ -24,6 +24,8 @@ pub struct Handoff {
     pub leftover: Vec<u8>,
     /// The connection's slot against `MAX_CONNECTIONS`, travelling with it.
     pub slot: Slot,
+    /// The token's `exp` (Unix seconds), if it has one.
+    pub expires_at: Option<u64>,
 }
 
 /// A shard's producer ends towards every other shard.

@@ -237,6 +237,7 @@ mod tests {
                     accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
                     leftover: Vec::new(),
                     slot: shard.shared.slots.try_reserve().unwrap(),
+                    expires_at: None,
                 };
                 assert!(hp.push(handoff).is_ok());
             }

@@ -9,6 +9,7 @@ pub mod accept;
 pub mod admission;
 pub mod conn;
 pub mod drain;
+pub mod expiry;
 pub mod handoff;
 pub mod inbox;
 pub mod reader;
@@ -83,6 +84,10 @@ pub struct Limits {
     pub handshake: HandshakeConfig,
     /// Largest notification payload accepted from Redis (raw payloads are normalised here).
     pub max_payload_bytes: usize,
+    /// Close connections whose token expired (`TOKEN_EXPIRY_CLOSE`).
+    pub token_expiry_close: bool,
+    /// `JWT_LEEWAY` in seconds, added to a token's `exp` before its connection is closed.
+    pub jwt_leeway_secs: u64,
 }
 
 /// A shard's state, on its own thread.
@@ -111,6 +116,8 @@ pub struct Shard {
     stop_accepting: RefCell<Option<monoio::io::Canceller>>,
     /// Where busy tasks wait for the driver's next turn (timers, I/O) after their budget.
     pub turn: Rc<Turn>,
+    /// Token deadlines of the connections (only with `TOKEN_EXPIRY_CLOSE`; empty otherwise).
+    pub expiries: RefCell<expiry::Expiries>,
 }
 
 impl Shard {
@@ -136,6 +143,7 @@ impl Shard {
             finished: std::cell::Cell::new(false),
             stop_accepting: RefCell::new(None),
             turn: Turn::start()?,
+            expiries: RefCell::default(),
         })
     }
 

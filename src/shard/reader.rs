@@ -15,6 +15,7 @@ use std::{io, rc::Rc, sync::atomic::Ordering::Relaxed};
 use super::{
     Shard,
     conn::{Conn, Phase},
+    expiry,
     shared::Slot,
 };
 use crate::{
@@ -50,6 +51,7 @@ impl Messages for GatewayMessages {
         let mut copy = text.to_vec();
         let reply = match message::classify_text(&mut copy) {
             ClientMessage::Ping => message::pong_frame(clock::unix_ms()),
+            ClientMessage::Refresh(token) => return expiry::refresh(conn, shard, &token),
             ClientMessage::Unsupported(reason) => message::error_frame(reason, clock::unix_ms()),
         };
         conn.send(shard, reply);
@@ -113,6 +115,9 @@ pub async fn run<M: Messages>(conn: Rc<Conn>, shard: Rc<Shard>, mut leftover: Ve
                 }
             }
         }
+    }
+    if shard.limits.token_expiry_close {
+        shard.expiries.borrow_mut().remove(conn.key.get());
     }
     if shard.registry.borrow_mut().remove(&conn) {
         shard.user_left(&conn.user);

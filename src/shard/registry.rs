@@ -83,6 +83,11 @@ impl Registry {
             .flat_map(|keys| keys.iter().filter_map(|k| self.conns.get(*k as usize)))
     }
 
+    /// The connection with slab key `key`, if any.
+    pub fn get(&self, key: u32) -> Option<&Rc<Conn>> {
+        self.conns.get(key as usize)
+    }
+
     /// Every connection (for the idle sweep and drain).
     pub fn iter(&self) -> impl Iterator<Item = &Rc<Conn>> {
         self.conns.iter().map(|(_, c)| c)

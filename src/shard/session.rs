@@ -8,7 +8,7 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use super::{
-    Shard, admission::Admitted, conn::Conn, handoff::Handoff, reader, refusal, shared::Slot,
+    Shard, admission::Admitted, conn::Conn, expiry, handoff::Handoff, reader, refusal, shared::Slot,
 };
 use crate::{
     clock,
@@ -29,6 +29,7 @@ pub async fn open(shard: &Rc<Shard>, admitted: Admitted) {
             accept_key,
             leftover,
             slot,
+            expires_at,
         } = admitted;
         establish(
             shard,
@@ -37,6 +38,7 @@ pub async fn open(shard: &Rc<Shard>, admitted: Admitted) {
             &accept_key,
             leftover,
             slot,
+            expires_at,
         );
         return;
     }
@@ -54,6 +56,7 @@ pub async fn open(shard: &Rc<Shard>, admitted: Admitted) {
         accept_key: admitted.accept_key,
         leftover: admitted.leftover,
         slot: admitted.slot,
+        expires_at: admitted.expires_at,
     };
     if shard.outlets.borrow_mut().send(owner, handoff).is_err() {
         // Unreachable in practice (room was checked and this shard is the ring's only
@@ -76,6 +79,7 @@ pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
             &handoff.accept_key,
             handoff.leftover,
             handoff.slot,
+            handoff.expires_at,
         ),
         Err(err) => {
             shard.stats.inc_error(ErrorType::InternalError);
@@ -94,6 +98,7 @@ fn establish(
     accept_key: &str,
     leftover: Vec<u8>,
     slot: Slot,
+    expires_at: Option<u64>,
 ) {
     // Small writes: disable Nagle so a notification leaves at once.
     let _ = stream.set_nodelay(true);
@@ -105,6 +110,7 @@ fn establish(
     if inserted.first_for_user {
         shard.user_joined(&conn.user);
     }
+    expiry::track(shard, &conn, expires_at);
     shard.stats.connections_active.fetch_add(1, Relaxed);
     shard.stats.inc_handshake(HandshakeOutcome::Accepted);
     tracing::debug!(shard = shard.id, user = %conn.user, "connected");

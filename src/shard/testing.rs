@@ -42,6 +42,8 @@ pub(crate) fn limits() -> Limits {
             max_request_bytes: 8192,
         },
         max_payload_bytes: 64 * 1024,
+        token_expiry_close: false,
+        jwt_leeway_secs: 0,
     }
 }
 
