@@ -254,6 +254,13 @@ pub struct Config {
     #[arg(long, env = "HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// Upgrades one source IP address may have in progress at once (0: no limit); more are
+    /// answered 429 at once, without taking a connection slot.
+    ///
+    /// Stops one address (a slow-loris) from holding every MAX_CONNECTIONS slot in handshakes.
+    #[arg(long, env = "MAX_HANDSHAKES_PER_IP", default_value_t = 64, value_parser = parse_usize)]
+    pub max_handshakes_per_ip: usize,
+
     /// Silence before the server pings; a further IDLE_TIMEOUT without any frame closes.
     ///
     /// Detects dead peers that never sent a FIN.
@@ -625,6 +632,10 @@ impl Config {
                 self.max_connections_per_user.to_string(),
             ),
             (n("handshake_timeout"), dur(self.handshake_timeout)),
+            (
+                n("max_handshakes_per_ip"),
+                self.max_handshakes_per_ip.to_string(),
+            ),
             (n("idle_timeout"), dur(self.idle_timeout)),
             (n("close_timeout"), dur(self.close_timeout)),
             (n("max_message_bytes"), self.max_message_bytes.to_string()),
@@ -946,6 +957,7 @@ mod tests {
         assert!(c.jwt_require_exp);
         assert_eq!(c.jwt_leeway, Duration::from_secs(30));
         assert!(!c.token_expiry_close);
+        assert_eq!(c.max_handshakes_per_ip, 64);
         assert!(!c.dev);
         assert!(!c.check_config);
         assert_eq!(c.shards, None);
@@ -1012,6 +1024,7 @@ mod tests {
         ("JWT_REQUIRE_EXP", "no"),
         ("JWT_LEEWAY", "2s"),
         ("TOKEN_EXPIRY_CLOSE", "true"),
+        ("MAX_HANDSHAKES_PER_IP", "5"),
         ("GATEWAY_DEV", "yes"),
         ("SHARDS", "3"),
         ("IO_DRIVER", "io-uring"),
@@ -1073,6 +1086,7 @@ mod tests {
         assert!(!c.jwt_require_exp);
         assert_eq!(c.jwt_leeway, Duration::from_secs(2));
         assert!(c.token_expiry_close);
+        assert_eq!(c.max_handshakes_per_ip, 5);
         assert!(c.dev);
         assert_eq!(c.shards, Some(3));
         assert_eq!(c.shard_count(), 3);

@@ -30,6 +30,8 @@ under_both_drivers!(
     echoes_every_valid_client_close_code,
     drops_stalled_handshakes,
     evicts_oldest_connection_beyond_per_user_cap,
+    evicted_connections_free_their_slot_at_once,
+    one_address_cannot_hold_every_handshake_slot,
     closes_slow_consumer_with_1013_while_others_receive,
     pings_idle_clients_and_closes_silent_ones,
     publish_api_statuses,
@@ -377,6 +379,83 @@ async fn evicts_oldest_connection_beyond_per_user_cap(driver: &str) {
     assert_eq!(gw.publish_to("phone", r#"{"n":1}"#).await, 2);
     assert_eq!(next_json(&mut second).await["n"], 1);
     assert_eq!(next_json(&mut third).await["n"], 1);
+}
+
+async fn evicted_connections_free_their_slot_at_once(driver: &str) {
+    let gw = start(
+        driver,
+        &["--max-connections", "2", "--max-connections-per-user", "1"],
+    );
+    // The first device is never read again, so it will not answer the 1008 close.
+    let first = gw.connect("phone").await;
+    let mut second = gw.connect("phone").await;
+    // The evicted connection does not hold its slot through a closing handshake: another user
+    // gets in at once, with the cap at 2.
+    let _other = gw.connect("laptop").await;
+    assert_eq!(gw.publish_to("phone", r#"{"n":1}"#).await, 1);
+    assert_eq!(next_json(&mut second).await["n"], 1);
+    drop(first);
+}
+
+async fn one_address_cannot_hold_every_handshake_slot(driver: &str) {
+    let gw = start(
+        driver,
+        &[
+            "--max-connections",
+            "4",
+            "--max-handshakes-per-ip",
+            "2",
+            "--handshake-timeout",
+            "60s",
+        ],
+    );
+    // A slow-loris from 127.0.0.3 opens five handshakes and never finishes them: two stay in
+    // progress, the other three are answered 429 at once, without taking a connection slot.
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        let mut s = socket.connect(gw.ws).await.unwrap();
+        s.write_all(b"GET /notifications HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        stalled.push((s, Vec::new()));
+    }
+    wait_until(WAIT, "three of the five answered", || {
+        for (s, got) in stalled.iter_mut() {
+            let mut buf = [0u8; 512];
+            while let Ok(n) = s.try_read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        let answered = stalled.iter().filter(|(_, got)| !got.is_empty()).count();
+        async move { answered == 3 }
+    })
+    .await;
+    for (_, got) in stalled.iter().filter(|(_, got)| !got.is_empty()) {
+        let text = String::from_utf8_lossy(got);
+        assert!(text.starts_with("HTTP/1.1 429 "), "{text}");
+        assert!(text.contains("too_many_handshakes"), "{text}");
+    }
+    // The other two hold two slots; clients from other addresses get the remaining two.
+    for i in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let stream = socket.connect(gw.ws).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(gw.url(&format!("other{i}")), stream)
+            .await
+            .expect("a client from another address is upgraded");
+        assert_eq!(next_json_plain(&mut ws).await["type"], "connected");
+    }
+    assert_eq!(
+        gw.metric(r#"websocket_handshakes_total{outcome="refused"}"#)
+            .await,
+        3.0
+    );
+    drop(stalled);
 }
 
 async fn closes_slow_consumer_with_1013_while_others_receive(driver: &str) {

@@ -39,6 +39,7 @@ use crate::{
     shard::{
         self, Driver, Limits, ShardSetup,
         handoff::Outlets,
+        handshake_limit::HandshakeLimit,
         inbox::Inbox,
         shared::{Shared, Slots},
     },
@@ -246,6 +247,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     let shared = Arc::new(Shared::new(
         auth,
         Slots::new(max_connections, cfg.fd_reserve),
+        HandshakeLimit::new(cfg.max_handshakes_per_ip),
         shards,
         metrics.clone(),
         cfg.drain_period,

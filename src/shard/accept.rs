@@ -3,7 +3,7 @@
 //! counts the failure, and resumes as descriptors free up. Under a connect flood it accepts
 //! [`ACCEPTS_PER_TURN`] connections, then waits for the driver's next turn (`net::turn`).
 
-use std::{io, rc::Rc, time::Duration};
+use std::{io, net::IpAddr, rc::Rc, time::Duration};
 
 use monoio::{io::CancelHandle, net::TcpListener};
 
@@ -31,10 +31,10 @@ pub async fn run(shard: Rc<Shard>, listener: TcpListener, stop: CancelHandle) {
             continue;
         }
         match listener.cancelable_accept(stop.clone()).await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 backoff = MIN_BACKOFF;
                 accepted += 1;
-                monoio::spawn(serve(shard.clone(), stream));
+                monoio::spawn(serve(shard.clone(), stream, peer.ip()));
             }
             // The drain cancelled this accept.
             Err(_) if shard.draining() => break,
@@ -55,8 +55,8 @@ pub async fn run(shard: Rc<Shard>, listener: TcpListener, stop: CancelHandle) {
 }
 
 /// The task of one accepted socket: admission, then its session.
-async fn serve(shard: Rc<Shard>, stream: monoio::net::TcpStream) {
-    if let Some(admitted) = admission::admit(&shard, stream).await {
+async fn serve(shard: Rc<Shard>, stream: monoio::net::TcpStream, peer: IpAddr) {
+    if let Some(admitted) = admission::admit(&shard, stream, peer).await {
         session::open(&shard, admitted).await;
     }
 }

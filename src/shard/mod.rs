@@ -11,6 +11,7 @@ pub mod conn;
 pub mod drain;
 pub mod expiry;
 pub mod handoff;
+pub mod handshake_limit;
 pub mod inbox;
 pub mod reader;
 pub mod refusal;

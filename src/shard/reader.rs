@@ -16,7 +16,6 @@ use super::{
     Shard,
     conn::{Conn, Phase},
     expiry,
-    shared::Slot,
 };
 use crate::{
     clock,
@@ -71,9 +70,10 @@ enum Next {
     Finish,
 }
 
-/// Runs until the connection ends. `leftover` holds bytes that arrived with the upgrade request;
-/// `slot` is the connection's slot against `MAX_CONNECTIONS`, given back when the reader ends.
-pub async fn run<M: Messages>(conn: Rc<Conn>, shard: Rc<Shard>, mut leftover: Vec<u8>, slot: Slot) {
+/// Runs until the connection ends. `leftover` holds bytes that arrived with the upgrade request.
+/// The connection's slot (held by `conn`) is given back when the reader ends, if eviction has
+/// not given it back already.
+pub async fn run<M: Messages>(conn: Rc<Conn>, shard: Rc<Shard>, mut leftover: Vec<u8>) {
     let mut decoder = Some(Decoder::default());
     let mut next = Next::Continue;
     if !leftover.is_empty() {
@@ -125,7 +125,7 @@ pub async fn run<M: Messages>(conn: Rc<Conn>, shard: Rc<Shard>, mut leftover: Ve
     conn.finish(&shard);
     tracing::debug!(shard = shard.id, user = %conn.user, "disconnected");
     shard.stats.connections_active.fetch_sub(1, Relaxed);
-    drop(slot);
+    conn.release_slot();
 }
 
 /// Decodes and handles one batch of bytes.
@@ -203,11 +203,11 @@ mod tests {
             let shard = shard(limits());
             let mut sockets = Sockets::new();
             let conn = sockets.conn("u", 0);
-            let slot = shard.shared.slots.try_reserve().unwrap();
-            let reader = run::<GatewayMessages>(conn, shard, Vec::new(), slot);
+            conn.hold(shard.shared.slots.try_reserve().unwrap());
+            let reader = run::<GatewayMessages>(conn, shard, Vec::new());
             let (conn_size, reader_size) = (size_of::<Conn>(), future_size(&reader));
             eprintln!("Conn {conn_size} B, reader future {reader_size} B");
-            assert!(conn_size <= 192, "Conn grew to {conn_size}");
+            assert!(conn_size <= 184, "Conn grew to {conn_size}");
             assert!(
                 reader_size <= 224,
                 "the reader future grew to {reader_size}"

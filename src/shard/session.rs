@@ -15,7 +15,7 @@ use crate::{
     fanout::route,
     metrics::{ErrorType, HandshakeOutcome},
     net::sys,
-    proto::{close::CloseCode, message, upgrade, upgrade::Status},
+    proto::{message, upgrade, upgrade::Status},
 };
 
 /// Opens the session of an admitted connection: here when this shard owns the user, else on the
@@ -120,16 +120,12 @@ fn establish(
     greeting.extend_from_slice(&connected);
     conn.send(shard, Bytes::from(greeting));
     if let Some(old) = inserted.evicted {
-        old.close(
-            shard,
-            CloseCode::Policy1008,
-            "too many connections for this user; closing the oldest",
-        );
+        old.evict(shard);
     }
+    conn.hold(slot);
     monoio::spawn(reader::run::<reader::GatewayMessages>(
         conn,
         shard.clone(),
         leftover,
-        slot,
     ));
 }

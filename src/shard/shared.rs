@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use super::handshake_limit::HandshakeLimit;
 use crate::{metrics::Metrics, proto::jwt::Authenticator};
 
 /// State shared by all shards of the process (read-mostly, thread-safe).
@@ -17,6 +18,8 @@ pub struct Shared {
     pub auth: Authenticator,
     /// Connection slots against `MAX_CONNECTIONS`.
     pub slots: Arc<Slots>,
+    /// Upgrades in progress per source address, against `MAX_HANDSHAKES_PER_IP`.
+    pub handshakes: Arc<HandshakeLimit>,
     /// Number of shards; the routing modulus.
     pub shard_count: usize,
     /// Set once on shutdown: stop accepting, close connections (also fails `/readyz`).
@@ -35,6 +38,7 @@ impl Shared {
     pub fn new(
         auth: Authenticator,
         slots: Slots,
+        handshakes: HandshakeLimit,
         shard_count: usize,
         metrics: Arc<Metrics>,
         drain_period: Duration,
@@ -42,6 +46,7 @@ impl Shared {
         Self {
             auth,
             slots: Arc::new(slots),
+            handshakes: Arc::new(handshakes),
             shard_count,
             draining: Arc::new(AtomicBool::new(false)),
             drain_period,

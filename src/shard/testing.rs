@@ -12,6 +12,7 @@ use super::{
     Limits, Shard,
     conn::Conn,
     handoff::Outlets,
+    handshake_limit::HandshakeLimit,
     shared::{Shared, Slots},
 };
 use crate::{
@@ -60,6 +61,7 @@ pub(crate) fn shard(limits: Limits) -> Rc<Shard> {
     let shared = Arc::new(Shared::new(
         auth,
         Slots::new(1000, 64),
+        HandshakeLimit::new(0),
         1,
         metrics,
         Duration::ZERO,

@@ -215,6 +215,20 @@ pub async fn next_json(ws: &mut Client) -> serde_json::Value {
     }
 }
 
+/// The next text message of a client over a plain TCP stream, parsed as JSON.
+pub async fn next_json_plain(ws: &mut WebSocketStream<TcpStream>) -> serde_json::Value {
+    loop {
+        let msg = timeout(WAIT, ws.next())
+            .await
+            .expect("message in time")
+            .expect("stream open")
+            .expect("valid frame");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).expect("JSON text");
+        }
+    }
+}
+
 /// Reads until a close frame arrives; returns its code.
 pub async fn close_code(ws: &mut Client) -> u16 {
     loop {

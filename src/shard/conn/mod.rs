@@ -27,7 +27,7 @@ use monoio::net::TcpStream;
 
 pub use self::state::Phase;
 use self::state::{ConnState, Direct, Flushed, Offer, OutboxLimits, Tally};
-use super::Shard;
+use super::{Shard, shared::Slot};
 use crate::{
     metrics::{DropReason, ErrorType},
     net::sys,
@@ -60,6 +60,10 @@ pub struct Conn {
     pub(in crate::shard) key: Cell<u32>,
     /// Phase, outbox and accounting; no I/O.
     state: RefCell<ConnState>,
+    /// The connection's slot against `MAX_CONNECTIONS`: given back when the reader ends, or at
+    /// once when the connection is evicted (it then no longer counts, though its socket lives
+    /// until the reader has seen the teardown).
+    slot: Cell<Option<Slot>>,
 }
 
 impl Conn {
@@ -70,7 +74,29 @@ impl Conn {
             user,
             key: Cell::new(u32::MAX),
             state: RefCell::new(ConnState::new(now_ms)),
+            slot: Cell::new(None),
         }
+    }
+
+    /// Makes this connection the holder of `slot`.
+    pub(in crate::shard) fn hold(&self, slot: Slot) {
+        self.slot.set(Some(slot));
+    }
+
+    /// Gives the connection's slot back (idempotent).
+    pub(in crate::shard) fn release_slot(&self) {
+        drop(self.slot.take());
+    }
+
+    /// Closes the oldest connection of a user who opened one too many: the 1008 close frame is
+    /// written if the socket takes it, then the connection is torn down and its slot given back
+    /// at once, without waiting for the client's side of the closing handshake (a client that
+    /// never answers must not keep a slot for `CLOSE_TIMEOUT`).
+    pub fn evict(self: &Rc<Self>, shard: &Rc<Shard>) {
+        let reason = "too many connections for this user; closing the oldest";
+        self.close(shard, CloseCode::Policy1008, reason);
+        self.abort();
+        self.release_slot();
     }
 
     /// The socket's descriptor, for the non-blocking calls in [`sys`].

@@ -46,6 +46,15 @@ pub enum Phase {
     Closed,
 }
 
+/// [`Phase`] without its timestamp (which lives in [`ConnState::stamp_ms`]), so the state
+/// stays one word smaller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Open,
+    Closing,
+    Closed,
+}
+
 /// The outbox caps of a connection.
 #[derive(Clone, Copy, Debug)]
 pub struct OutboxLimits {
@@ -129,9 +138,10 @@ impl Tally {
 /// The connection's state, with no socket in it.
 pub struct ConnState {
     /// Life-cycle state.
-    phase: Phase,
-    /// Shard time (ms) when the client last sent anything; drives the idle ping and timeout.
-    last_rx_ms: u64,
+    stage: Stage,
+    /// Shard time (ms): while open, when the client last sent anything (drives the idle ping
+    /// and timeout); once closing, when the close started (drives the close timeout).
+    stamp_ms: u64,
     /// Frames waiting for the socket, in send order; the front one may be partly written.
     /// Empty (no heap) on an idle connection. A writer task exists while it is non-empty.
     queue: VecDeque<Queued>,
@@ -156,8 +166,8 @@ impl ConnState {
     /// A freshly upgraded connection at shard time `now_ms`.
     pub fn new(now_ms: u64) -> Self {
         Self {
-            phase: Phase::Open,
-            last_rx_ms: now_ms,
+            stage: Stage::Open,
+            stamp_ms: now_ms,
             queue: VecDeque::new(),
             head_written: 0,
             bytes: 0,
@@ -171,18 +181,27 @@ impl ConnState {
 
     /// Current life-cycle state.
     pub fn phase(&self) -> Phase {
-        self.phase
+        match self.stage {
+            Stage::Open => Phase::Open,
+            Stage::Closing => Phase::Closing {
+                since_ms: self.stamp_ms,
+            },
+            Stage::Closed => Phase::Closed,
+        }
     }
 
-    /// Records that the client sent something at `now_ms`.
+    /// Records that the client sent something at `now_ms` (while open: once closing, nothing
+    /// the client sends delays the close timeout).
     pub fn touch(&mut self, now_ms: u64) {
-        self.last_rx_ms = now_ms;
-        self.ping_outstanding = false;
+        if self.stage == Stage::Open {
+            self.stamp_ms = now_ms;
+            self.ping_outstanding = false;
+        }
     }
 
-    /// Shard time of the client's last frame.
+    /// Shard time of the client's last frame (meaningful while open).
     pub fn last_rx_ms(&self) -> u64 {
-        self.last_rx_ms
+        self.stamp_ms
     }
 
     /// Whether an idle ping is awaiting an answer.
@@ -217,7 +236,7 @@ impl ConnState {
         now_ms: u64,
         stats: &ShardStats,
     ) -> Offer {
-        if self.phase != Phase::Open {
+        if self.stage != Stage::Open {
             if born.is_some() {
                 stats.inc_drop(self.drop_reason, 1);
             }
@@ -356,10 +375,11 @@ impl ConnState {
         now_ms: u64,
         stats: &ShardStats,
     ) -> Option<Bytes> {
-        if self.phase != Phase::Open {
+        if self.stage != Stage::Open {
             return None;
         }
-        self.phase = Phase::Closing { since_ms: now_ms };
+        self.stage = Stage::Closing;
+        self.stamp_ms = now_ms;
         self.drop_reason = drops;
         let keep = usize::from(self.head_written > 0).min(self.queue.len());
         let mut freed = 0;
@@ -380,7 +400,7 @@ impl ConnState {
     /// The close frame produced by [`Self::close`] is offered to the socket: like
     /// [`Self::offer`] for a frame that may be sent while closing.
     pub fn offer_close(&self) -> Offer {
-        if self.phase == Phase::Closed {
+        if self.stage == Stage::Closed {
             Offer::Refused
         } else if self.queue.is_empty() {
             Offer::Direct
@@ -404,10 +424,10 @@ impl ConnState {
     /// Tears the connection down (dead peer, write error, close timeout, eviction). Returns
     /// `true` the first time, when the shell must shut the socket both ways.
     pub fn abort(&mut self) -> bool {
-        if self.phase == Phase::Closed {
+        if self.stage == Stage::Closed {
             return false;
         }
-        self.phase = Phase::Closed;
+        self.stage = Stage::Closed;
         true
     }
 
@@ -415,7 +435,7 @@ impl ConnState {
     /// notifications are counted as dropped. Afterwards the outbox is empty and the gauge has
     /// been given back every byte this connection was charged.
     pub fn finish(&mut self, stats: &ShardStats) {
-        self.phase = Phase::Closed;
+        self.stage = Stage::Closed;
         let lost = self.queue.iter().filter(|q| q.born.is_some()).count() as u64;
         if lost > 0 {
             stats.inc_drop(self.drop_reason, lost);
@@ -428,8 +448,8 @@ impl ConnState {
     /// How to shut the socket once the outbox is empty: only after our close frame, and both
     /// ways when the peer's close has arrived too.
     fn shutdown_when_flushed(&self) -> Option<Shutdown> {
-        match (self.fin_after_flush, self.phase, self.peer_closed) {
-            (_, Phase::Closed, _) | (false, _, _) => None,
+        match (self.fin_after_flush, self.stage, self.peer_closed) {
+            (_, Stage::Closed, _) | (false, _, _) => None,
             (true, _, true) => Some(Shutdown::Both),
             (true, _, false) => Some(Shutdown::Write),
         }
@@ -758,6 +778,19 @@ mod tests {
         st.touch(9);
         assert!(!st.ping_outstanding());
         assert_eq!(st.last_rx_ms(), 9);
+    }
+
+    #[test]
+    fn nothing_the_client_sends_delays_the_close_timeout() {
+        let mut sim = Sim::new(LIMITS);
+        sim.now_ms = 100;
+        sim.close(
+            CloseCode::GoingAway1001,
+            DropReason::ConnectionClosing,
+            1000,
+        );
+        sim.st.touch(900);
+        assert_eq!(sim.st.phase(), Phase::Closing { since_ms: 100 });
     }
 
     /// One step of a connection's life, as the shell would drive it.
