@@ -253,7 +253,7 @@ impl LatencyHistogram {
 pub struct ShardStats {
     /// Open WebSocket connections on this shard.
     pub connections_active: AtomicI64,
-    /// Notifications written to a client.
+    /// Notifications written whole to a client connection (one per connection).
     pub notifications_sent: AtomicU64,
     /// Connection errors by [`ErrorType`].
     pub connection_errors: [AtomicU64; ErrorType::N],
@@ -273,7 +273,8 @@ pub struct ShardStats {
     pub accept_errors: [AtomicU64; AcceptError::N],
     /// Connections handed to this shard by another shard's acceptor.
     pub handoffs_in: AtomicU64,
-    /// Time from a notification's arrival at the gateway to its socket write.
+    /// Time from a notification's arrival at the gateway to its complete write into a client
+    /// socket, one observation per connection written to.
     pub delivery_latency: LatencyHistogram,
 }
 
@@ -507,7 +508,10 @@ const PER_SHARD: Family = (
     "websocket_connections_per_shard",
     "Open connections per shard.",
 );
-const SENT: Family = ("notifications_sent", "Notifications written to clients.");
+const SENT: Family = (
+    "notifications_sent",
+    "Notifications written whole to client connections, one per connection.",
+);
 const ERRORS: Family = ("websocket_connection_errors", "Connection errors by type.");
 const HANDSHAKES: Family = (
     "websocket_handshakes",
@@ -537,7 +541,7 @@ const ACCEPT: Family = ("websocket_accept_errors", "accept() failures by error."
 const HANDOFFS: Family = ("websocket_handoffs", "Connections handed between shards.");
 const LATENCY: Family = (
     "notification_delivery_latency_seconds",
-    "Time from a notification's arrival at the gateway to its socket write.",
+    "Time from a notification's arrival at the gateway to its complete write into a client socket, one observation per connection written to.",
 );
 const REDIS_EVENTS: Family = ("redis_events_consumed", "Messages received from Redis.");
 const REDIS_ERRORS: Family = ("redis_errors", "Redis failures by type.");
