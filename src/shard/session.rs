@@ -111,6 +111,11 @@ fn establish(
         shard.user_joined(&conn.user);
     }
     expiry::track(shard, &conn, expires_at);
+    // The evicted connection gives its slot back before this client can see `connected`, so a
+    // client that connects next never finds it still taken.
+    if let Some(old) = inserted.evicted {
+        old.evict(shard);
+    }
     shard.stats.connections_active.fetch_add(1, Relaxed);
     shard.stats.inc_handshake(HandshakeOutcome::Accepted);
     tracing::debug!(shard = shard.id, user = %conn.user, "connected");
@@ -118,11 +123,8 @@ fn establish(
     let mut greeting = Vec::with_capacity(160 + connected.len());
     upgrade::write_switching_protocols(accept_key, &mut greeting);
     greeting.extend_from_slice(&connected);
-    conn.send(shard, Bytes::from(greeting));
-    if let Some(old) = inserted.evicted {
-        old.evict(shard);
-    }
     conn.hold(slot);
+    conn.send(shard, Bytes::from(greeting));
     monoio::spawn(reader::run::<reader::GatewayMessages>(
         conn,
         shard.clone(),
