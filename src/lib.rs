@@ -8,11 +8,13 @@
 //!  TCP accept on any shard's SO_REUSEPORT       POST /v1/publish (control::server, body
 //!  listener (shard::accept)                     parsed by control::publish) or Redis
 //!        |                                      PUBLISH notifications:{user}
-//!  reserve a slot against MAX_CONNECTIONS             |
-//!  (shard::shared), read + parse the upgrade    publish API: validate + normalise once into
-//!  request (shard::admission ->                 one text frame (proto::payload); Redis: the
-//!  proto::upgrade), verify the JWT              subscriber (fanout::redis::subscriber) only
-//!  (proto::jwt -> proto::user)                  routes the raw payload
+//!  count the address's handshakes                     |
+//!  (shard::handshake_limit), reserve a slot     publish API: validate + normalise once into
+//!  against MAX_CONNECTIONS (shard::shared),     one text frame (proto::payload); Redis: the
+//!  read + parse the upgrade request             subscriber (fanout::redis::subscriber) only
+//!  (shard::admission -> proto::upgrade),        routes the raw payload
+//!  verify the JWT                                     |
+//!  (proto::jwt -> proto::user)                        |
 //!        |                                            |
 //!  owner shard = hash(user) (fanout::route)     one producer thread (local dispatcher or
 //!        |-- other shard: hand the socket and   Redis subscriber): route by user hash
@@ -38,7 +40,9 @@
 //!
 //! Each shard is one thread pinned to one core running a monoio runtime (io_uring, or epoll where
 //! io_uring is unavailable), and owns its connections outright. Idle connections hold no buffer:
-//! they wait for readiness and read into the shard's one scratch buffer.
+//! they wait for readiness and read into the shard's one scratch buffer. Every loop fed from
+//! outside (inbox, readers, accept) works on a budget per turn and then waits for a turn of the
+//! driver ([`net::turn`]), so timers and I/O keep running under any load.
 //!
 //! # Public surface
 //!
@@ -76,6 +80,9 @@ pub mod internals {
         net::doorbell::Doorbell,
         shard::{conn::Conn, registry::Registry},
     };
+    // The conformance echo server (examples/autobahn_echo.rs): the gateway's connection code
+    // with an echo message handler; never started by the gateway.
+    pub use crate::shard::{Driver, echo::serve as serve_echo};
     // The docs test lists the exported metric families.
     pub use crate::metrics::Metrics;
     // The pure protocol layer: benchmarks, fuzz targets and tests that sign tokens.

@@ -9,6 +9,7 @@ pub mod accept;
 pub mod admission;
 pub mod conn;
 pub mod drain;
+pub mod echo;
 pub mod expiry;
 pub mod handoff;
 pub mod handshake_limit;

@@ -11,6 +11,7 @@
 //! [`state::ConnState`], which does no I/O and is unit- and property-tested; this file only
 //! moves bytes between it and the socket (`net::sys`).
 
+pub mod decision;
 pub mod state;
 
 use std::{

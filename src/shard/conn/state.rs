@@ -26,6 +26,7 @@ use std::{collections::VecDeque, io::IoSlice, net::Shutdown, time::Instant};
 
 use bytes::Bytes;
 
+pub use super::decision::{Direct, Flushed, Offer, OutboxLimits, Tally};
 use crate::{
     metrics::{DropReason, ShardStats},
     proto::close::CloseCode,
@@ -55,57 +56,6 @@ enum Stage {
     Closed,
 }
 
-/// The outbox caps of a connection.
-#[derive(Clone, Copy, Debug)]
-pub struct OutboxLimits {
-    /// Queued frames before the connection is closed as a slow consumer.
-    pub max_messages: usize,
-    /// Queued bytes before the connection is closed as a slow consumer.
-    pub max_bytes: usize,
-}
-
-/// What the shell should do with a frame it offered.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Offer {
-    /// Nothing is queued: write it straight from the shared frame, then report
-    /// [`ConnState::direct_written`].
-    Direct,
-    /// Queued behind frames already waiting; the running writer will send it.
-    Queued,
-    /// Refused because the connection is closing or closed; a notification was counted as
-    /// dropped with the reason the connection is closing for.
-    Refused,
-    /// Refused because the outbox is over its caps: the connection is now closing with 1013, the
-    /// notification was counted as a `slow_consumer` drop, and the returned close frame must be
-    /// sent (see [`ConnState::close`]).
-    Overflow(Bytes),
-}
-
-/// What a direct write left behind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direct {
-    /// Fully written; `shutdown` says whether the socket must now be shut (the frame was our
-    /// close frame).
-    Complete {
-        /// How to shut the socket, if at all.
-        shutdown: Option<Shutdown>,
-    },
-    /// Only partly written: the rest is queued and the shell must start a writer.
-    Queued,
-}
-
-/// What a queued write left behind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flushed {
-    /// Bytes remain; wait for writability again.
-    More,
-    /// The outbox is empty; the writer ends. `shutdown` says whether to shut the socket.
-    Empty {
-        /// How to shut the socket, if at all.
-        shutdown: Option<Shutdown>,
-    },
-}
-
 /// One frame in the outbox.
 struct Queued {
     /// The shared frame (a reference, not a copy).
@@ -113,26 +63,6 @@ struct Queued {
     /// When the notification it carries reached the gateway; `None` for the gateway's own
     /// frames (greeting, pongs, pings, errors, close), which are not notifications.
     born: Option<Instant>,
-}
-
-/// Counts of notifications written directly during one delivery, settled in one go by
-/// [`Tally::settle`] so the hot path touches the shared counters once per notification rather
-/// than once per recipient.
-#[derive(Debug, Default)]
-pub struct Tally {
-    /// Recipients that took the whole frame at once.
-    pub written: u64,
-}
-
-impl Tally {
-    /// Adds the written count to `notifications_sent` and records that many latency samples.
-    pub fn settle(&self, stats: &ShardStats, born: Instant) {
-        if self.written > 0 {
-            stats.add_sent(self.written);
-            let us = born.elapsed().as_micros() as u64;
-            stats.delivery_latency.observe_n_us(us, self.written);
-        }
-    }
 }
 
 /// The connection's state, with no socket in it.
