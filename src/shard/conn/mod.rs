@@ -211,7 +211,7 @@ impl Conn {
     ) -> SendOutcome {
         let mut st = self.state.borrow_mut();
         let limits = outbox_limits(shard);
-        match st.offer(frame.len(), born, &limits, shard.now_ms(), &shard.stats) {
+        match st.offer(frame.len(), born, &limits, || shard.now_ms(), &shard.stats) {
             Offer::Direct => self.write_direct(st, shard, frame, born, tally),
             Offer::Queued => {
                 st.enqueue(frame.clone(), born, &shard.stats);

@@ -156,14 +156,15 @@ impl ConnState {
     }
 
     /// Offers a frame of `len` bytes; `born` is `Some` for a notification (when it reached the
-    /// gateway), `None` for the gateway's own frames. `now_ms` is shard time (for a close this
+    /// gateway), `None` for the gateway's own frames. `now_ms` gives shard time (read only when
+    /// the offer starts a close, so the common path reads no clock) (for a close this
     /// may start).
     pub fn offer(
         &mut self,
         len: usize,
         born: Option<Instant>,
         limits: &OutboxLimits,
-        now_ms: u64,
+        now_ms: impl FnOnce() -> u64,
         stats: &ShardStats,
     ) -> Offer {
         if self.stage != Stage::Open {
@@ -185,7 +186,7 @@ impl ConnState {
                 CloseCode::TryAgain1013,
                 "slow consumer: outbox full",
                 DropReason::SlowConsumer,
-                now_ms,
+                now_ms(),
                 stats,
             );
             return Offer::Overflow(close.expect("an open connection starts closing"));
@@ -449,7 +450,7 @@ mod tests {
         fn offer(&mut self, frame: Bytes, born: Option<Instant>, accept: usize) -> Offer {
             let offer = self
                 .st
-                .offer(frame.len(), born, &self.limits, self.now_ms, &self.stats);
+                .offer(frame.len(), born, &self.limits, || self.now_ms, &self.stats);
             match &offer {
                 Offer::Direct => self.direct(&frame, born, accept),
                 Offer::Queued => self.st.enqueue(frame, born, &self.stats),
