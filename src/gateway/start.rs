@@ -46,7 +46,7 @@ use crate::{
 };
 
 /// Slots of each shard-to-shard hand-off ring (connections in transit; a full ring answers 503).
-/// Memory: SHARDS x (SHARDS - 1) x 512 x 72 B, e.g. 2.3 MB at 8 shards, 36 MB at 32.
+/// Memory: SHARDS x (SHARDS - 1) x 512 x 96 B, e.g. 2.7 MB at 8 shards, 48 MB at 32.
 const HANDOFF_RING: usize = 512;
 /// How long the dispatcher waits for room in a full shard ring before dropping.
 const FULL_QUEUE_WAIT: Duration = Duration::from_millis(10);

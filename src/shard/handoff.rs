@@ -63,3 +63,19 @@ impl Outlets {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-off rings' memory (docs/architecture.md) is 512 slots of this per shard pair.
+    #[test]
+    fn handoff_slot_size() {
+        let size = std::mem::size_of::<Handoff>();
+        eprintln!("Handoff {size} B");
+        assert!(
+            size <= 96,
+            "Handoff grew to {size} B; update docs/architecture.md"
+        );
+    }
+}
