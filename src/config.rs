@@ -218,6 +218,15 @@ pub struct Config {
     #[arg(long, env = "JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
 
+    /// Close a connection (code 4001) when its token's `exp` (plus JWT_LEEWAY) passes, unless
+    /// the client sent a fresh token with `{"type":"refresh","token":"..."}` (true/false).
+    ///
+    /// Off by default: existing clients (the Python CLI) never refresh. Checked once per sweep
+    /// period (at most 1 s late). Memory when on: ~40 B per connection with an `exp`.
+    #[arg(long, env = "TOKEN_EXPIRY_CLOSE", default_value = "false")]
+    #[arg(action = ArgAction::Set, value_name = "BOOL", value_parser = parse_bool)]
+    pub token_expiry_close: bool,
+
     /// Development mode: generate a random JWT secret when JWT_SECRET is unset.
     ///
     /// The generated secret is logged at startup so a developer can sign test tokens; never
@@ -270,6 +279,13 @@ pub struct Config {
     /// Stops slow-loris clients from holding sockets open.
     #[arg(long, env = "HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
+
+    /// Upgrades one source IP address may have in progress at once (0: no limit); more are
+    /// answered 429 at once, without taking a connection slot.
+    ///
+    /// Stops one address (a slow-loris) from holding every MAX_CONNECTIONS slot in handshakes.
+    #[arg(long, env = "MAX_HANDSHAKES_PER_IP", default_value_t = 64, value_parser = parse_usize)]
+    pub max_handshakes_per_ip: usize,
 
     /// Silence before the server pings; a further IDLE_TIMEOUT without any frame closes.
     ///
@@ -787,6 +803,7 @@ impl Config {
             (n("jwt_public_key_file"), path(&self.jwt_public_key_file)),
             (n("jwt_require_exp"), self.jwt_require_exp.to_string()),
             (n("jwt_leeway"), dur(self.jwt_leeway)),
+            (n("token_expiry_close"), self.token_expiry_close.to_string()),
             (n("dev"), self.dev.to_string()),
             (n("shards"), shards),
             (n("io_driver"), self.io_driver.as_str().into()),
@@ -798,6 +815,10 @@ impl Config {
                 self.max_connections_per_user.to_string(),
             ),
             (n("handshake_timeout"), dur(self.handshake_timeout)),
+            (
+                n("max_handshakes_per_ip"),
+                self.max_handshakes_per_ip.to_string(),
+            ),
             (n("idle_timeout"), dur(self.idle_timeout)),
             (n("close_timeout"), dur(self.close_timeout)),
             (n("max_message_bytes"), self.max_message_bytes.to_string()),
@@ -1151,6 +1172,8 @@ mod tests {
         assert_eq!(c.jwt_public_key_file, None);
         assert!(c.jwt_require_exp);
         assert_eq!(c.jwt_leeway, Duration::from_secs(30));
+        assert!(!c.token_expiry_close);
+        assert_eq!(c.max_handshakes_per_ip, 64);
         assert!(!c.dev);
         assert!(!c.check_config);
         assert_eq!(c.shards, None);
@@ -1226,6 +1249,8 @@ mod tests {
         ("JWT_PUBLIC_KEY_FILE", "/etc/key.pem"),
         ("JWT_REQUIRE_EXP", "no"),
         ("JWT_LEEWAY", "2s"),
+        ("TOKEN_EXPIRY_CLOSE", "true"),
+        ("MAX_HANDSHAKES_PER_IP", "5"),
         ("GATEWAY_DEV", "yes"),
         ("SHARDS", "3"),
         ("IO_DRIVER", "io-uring"),
@@ -1301,6 +1326,8 @@ mod tests {
         assert_eq!(c.jwt_public_key_file, Some(PathBuf::from("/etc/key.pem")));
         assert!(!c.jwt_require_exp);
         assert_eq!(c.jwt_leeway, Duration::from_secs(2));
+        assert!(c.token_expiry_close);
+        assert_eq!(c.max_handshakes_per_ip, 5);
         assert!(c.dev);
         assert_eq!(c.shards, Some(3));
         assert_eq!(c.shard_count(), 3);

@@ -8,14 +8,14 @@
 //!  TCP accept on any shard's SO_REUSEPORT       POST /v1/publish (control::routes, body
 //!  listener (shard::accept)                     parsed by control::publish) or Redis
 //!        |                                      PUBLISH notifications:{user}
-//!  reserve a slot against MAX_CONNECTIONS             |
-//!  (shard::shared), read + parse the upgrade    publish API, single node: validate +
-//!  request (shard::admission ->                 normalise once into one text frame
-//!  proto::upgrade), verify the JWT              (fanout::broker -> proto::payload); with
-//!  (proto::jwt -> proto::user; the verifier     Redis: one EVALSHA fans the raw payload out
-//!  is swapped on SIGHUP, gateway::keys)         (fanout::redis::publisher), and the
-//!        |                                      subscriber (fanout::redis::subscriber) only
-//!        |                                      routes the raw payload
+//!  count the address's handshakes                     |
+//!  (shard::handshake_limit), reserve a slot     publish API, single node: validate +
+//!  against MAX_CONNECTIONS (shard::shared),     normalise once into one text frame
+//!  read + parse the upgrade request             (fanout::broker -> proto::payload); with
+//!  (shard::admission -> proto::upgrade),        Redis: one EVALSHA fans the raw payload out
+//!  verify the JWT (proto::jwt ->                (fanout::redis::publisher), and the
+//!  proto::user; the verifier is swapped on      subscriber (fanout::redis::subscriber) only
+//!  SIGHUP, gateway::keys)                       routes the raw payload
 //!        |                                            |
 //!  owner shard = hash(user) (fanout::route)     one producer thread (local dispatcher or
 //!        |-- other shard: hand the socket and   Redis subscriber): route by user hash
@@ -29,7 +29,8 @@
 //!  start the reader (shard::reader: frames      every connection of that user on the shard:
 //!  proto::frame, messages proto::message)       non-blocking send of the shared frame, else
 //!                                               the bounded outbox and a writer task
-//!                                               (shard::conn; raw calls in net::sys)
+//!                                               (shard::conn: decisions in conn::state,
+//!                                               raw calls in net::sys)
 //! ```
 //!
 //! # Layers
@@ -41,7 +42,9 @@
 //!
 //! Each shard is one thread pinned to one core running a monoio runtime (io_uring, or epoll where
 //! io_uring is unavailable), and owns its connections outright. Idle connections hold no buffer:
-//! they wait for readiness and read into the shard's one scratch buffer.
+//! they wait for readiness and read into the shard's one scratch buffer. Every loop fed from
+//! outside (inbox, readers, accept) works on a budget per turn and then waits for a turn of the
+//! driver ([`net::turn`]), so timers and I/O keep running under any load.
 //!
 //! # Public surface
 //!
@@ -80,6 +83,9 @@ pub mod internals {
         net::doorbell::Doorbell,
         shard::{conn::Conn, registry::Registry},
     };
+    // The conformance echo server (examples/autobahn_echo.rs): the gateway's connection code
+    // with an echo message handler; never started by the gateway.
+    pub use crate::shard::{Driver, echo::serve as serve_echo};
     // The docs test lists the exported metric families.
     pub use crate::metrics::Metrics;
     // The pure protocol layer: benchmarks, fuzz targets and tests that sign tokens.

@@ -159,8 +159,11 @@ label_enum! {
         SlowConsumer => "slow_consumer",
         /// No connection for that user on this gateway.
         NotLocal => "not_local",
-        /// Arrived during shutdown.
+        /// Arrived during shutdown, or queued on a connection the drain closed.
         ShuttingDown => "shutting_down",
+        /// The recipient connection was closing or gone (client close, eviction, idle or token
+        /// timeout, protocol error, dead peer) when it arrived or while it waited in the outbox.
+        ConnectionClosing => "connection_closing",
     }
 }
 
@@ -270,6 +273,15 @@ impl LatencyHistogram {
         self.sum_us.fetch_add(us, Relaxed);
     }
 
+    /// Records `n` observations of the same value (one per connection a notification was
+    /// written to at once), with the cost of one.
+    #[inline]
+    pub fn observe_n_us(&self, us: u64, n: u64) {
+        let i = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
+        self.buckets[i].fetch_add(n, Relaxed);
+        self.sum_us.fetch_add(us.saturating_mul(n), Relaxed);
+    }
+
     /// Number of observations.
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()
@@ -287,13 +299,13 @@ impl LatencyHistogram {
 }
 
 /// Counters one shard thread writes (its only writer). Aligned to 128 B (two cache lines, for
-/// the adjacent-line prefetcher) so shards never share a line. About 0.5 KiB per shard.
+/// the adjacent-line prefetcher) so shards never share a line. Under 1 KiB per shard.
 #[repr(align(128))]
 #[derive(Debug, Default)]
 pub struct ShardStats {
     /// Open WebSocket connections on this shard.
     pub connections_active: AtomicI64,
-    /// Notifications written to a client.
+    /// Notifications written whole to a client connection (one per connection).
     pub notifications_sent: AtomicU64,
     /// Connection errors by [`ErrorType`].
     pub connection_errors: [AtomicU64; ErrorType::N],
@@ -313,7 +325,8 @@ pub struct ShardStats {
     pub accept_errors: [AtomicU64; AcceptError::N],
     /// Connections handed to this shard by another shard's acceptor.
     pub handoffs_in: AtomicU64,
-    /// Time from a notification's arrival at the gateway to its socket write.
+    /// Time from a notification's arrival at the gateway to its complete write into a client
+    /// socket, one observation per connection written to.
     pub delivery_latency: LatencyHistogram,
     /// Per-user mode: upgrades' waits for their channel by [`SubscribeWait`].
     pub subscribe_waits: [AtomicU64; SubscribeWait::N],
@@ -586,7 +599,10 @@ const PER_SHARD: Family = (
     "websocket_connections_per_shard",
     "Open connections per shard.",
 );
-const SENT: Family = ("notifications_sent", "Notifications written to clients.");
+const SENT: Family = (
+    "notifications_sent",
+    "Notifications written whole to client connections, one per connection.",
+);
 const ERRORS: Family = ("websocket_connection_errors", "Connection errors by type.");
 const HANDSHAKES: Family = (
     "websocket_handshakes",
@@ -616,7 +632,7 @@ const ACCEPT: Family = ("websocket_accept_errors", "accept() failures by error."
 const HANDOFFS: Family = ("websocket_handoffs", "Connections handed between shards.");
 const LATENCY: Family = (
     "notification_delivery_latency_seconds",
-    "Time from a notification's arrival at the gateway to its socket write.",
+    "Time from a notification's arrival at the gateway to its complete write into a client socket, one observation per connection written to.",
 );
 const REDIS_EVENTS: Family = ("redis_events_consumed", "Messages received from Redis.");
 const REDIS_ERRORS: Family = ("redis_errors", "Redis failures by type.");
@@ -927,7 +943,18 @@ mod tests {
             "websocket_close_codes_sent_total",
             "code",
             &[
-                "1000", "1001", "1002", "1007", "1008", "1009", "1011", "1013",
+                "1000",
+                "1001",
+                "1002",
+                "1007",
+                "1008",
+                "1009",
+                "1011",
+                "1013",
+                "1003",
+                "1010",
+                "4001",
+                "3000-4999",
             ],
         );
         check(
@@ -939,6 +966,7 @@ mod tests {
                 "slow_consumer",
                 "not_local",
                 "shutting_down",
+                "connection_closing",
             ],
         );
         check(
@@ -1105,8 +1133,10 @@ mod tests {
     fn label_enums_are_consistent() {
         for (i, c) in CloseCode::ALL.into_iter().enumerate() {
             assert_eq!(c as usize, i);
-            assert_eq!(c.as_str(), c.code().to_string());
-            assert_eq!(CloseCode::from_code(c.code()), Some(c));
+            if c != CloseCode::Application {
+                assert_eq!(c.as_str(), c.code().to_string());
+                assert_eq!(CloseCode::from_code(c.code()), Some(c));
+            }
         }
         assert_eq!(CloseCode::from_code(1006), None);
         assert!(
@@ -1123,8 +1153,9 @@ mod tests {
         );
         assert_eq!(std::mem::align_of::<ShardStats>(), 128);
         assert!(
-            std::mem::size_of::<ShardStats>() <= 512,
-            "documented as about 0.5 KiB"
+            std::mem::size_of::<ShardStats>() <= 1024,
+            "documented as under 1 KiB: {}",
+            std::mem::size_of::<ShardStats>()
         );
         let g = GlobalStats::default();
         assert!(!g.is_ready());

@@ -1,9 +1,10 @@
 //! Graceful drain: stop accepting, fail readiness at once, close every connection with 1001
 //! spread over the drain period, then stop.
+//!
+//! No wall-clock bound: the spread is checked by what the drain's own counter shows while it
+//! runs (some connections closed, others not yet), and the end by the shard threads joining.
 
 mod common;
-
-use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::time::timeout;
@@ -11,14 +12,14 @@ use tokio::time::timeout;
 under_both_drivers!(drains_gradually_with_1001_then_stops);
 
 async fn drains_gradually_with_1001_then_stops(driver: &str) {
-    let (gw, handle) = start_owned(driver, &["--drain-period", "1s", "--close-timeout", "1s"]);
+    const CLIENTS: usize = 20;
+    let (gw, handle) = start_owned(driver, &["--drain-period", "2s", "--close-timeout", "1s"]);
     let mut clients = Vec::new();
-    for i in 0..20 {
+    for i in 0..CLIENTS {
         clients.push(gw.connect(&format!("user{i}")).await);
     }
     assert_eq!(gw.get("/readyz").await.0, 200);
 
-    let started = Instant::now();
     handle.begin_drain();
     // Readiness fails at once, before any connection is closed.
     assert_eq!(gw.get("/readyz").await.0, 503);
@@ -29,23 +30,31 @@ async fn drains_gradually_with_1001_then_stops(driver: &str) {
         "a draining gateway must not accept"
     );
 
-    let mut closes = Vec::new();
+    // Gradual: while the drain runs, the count of 1001 closes passes through values strictly
+    // between none and all (closes are spread over the period, not sent at once).
+    let closes = r#"websocket_close_codes_sent_total{code="1001"}"#;
+    let partial = std::sync::Mutex::new(Vec::new());
+    wait_until(WAIT * 2, "every connection closed with 1001", || async {
+        let n = gw.metric(closes).await as usize;
+        if n > 0 && n < CLIENTS {
+            partial.lock().unwrap().push(n);
+        }
+        n == CLIENTS
+    })
+    .await;
+    let partial = partial.into_inner().unwrap();
+    assert!(
+        !partial.is_empty(),
+        "the drain closed all {CLIENTS} connections at once"
+    );
     for c in &mut clients {
         assert_eq!(close_code(c).await, 1001);
-        closes.push(started.elapsed());
     }
-    let first = closes.iter().min().unwrap();
-    let last = closes.iter().max().unwrap();
-    // Spread over the period, not all at once (20 closes over 1 s: one every ~50 ms).
-    assert!(
-        *last - *first >= Duration::from_millis(500),
-        "closes not spread: first {first:?}, last {last:?}"
-    );
-    assert!(*last <= Duration::from_millis(2500), "drain took {last:?}");
+    drop(clients);
 
     // The shards stop once their connections are gone.
     let joined = tokio::task::spawn_blocking(move || handle.join());
-    timeout(Duration::from_secs(5), joined)
+    timeout(WAIT * 2, joined)
         .await
         .expect("shards stop after the drain")
         .unwrap();

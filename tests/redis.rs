@@ -320,6 +320,7 @@ async fn follows_a_sentinel_failover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_is_shed_and_counted_while_the_gateway_stays_responsive() {
+    const RING: u64 = 16;
     let r = RedisProc::start();
     let mut args = redis_args(&r, "pattern");
     args.extend(
@@ -335,10 +336,10 @@ async fn flood_is_shed_and_counted_while_the_gateway_stays_responsive() {
         ]
         .map(String::from),
     );
-    let gw = start_with("io-uring", &args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (gw, handle) = start_owned("io-uring", &args);
     wait_ready(&gw).await;
-    // Twenty readers of one hot user: every delivery costs the shard twenty writes, so a
-    // pipelined flood outruns it and its 16-slot queue fills.
+    // Twenty readers of one hot user.
     let received: Vec<Arc<AtomicU64>> = (0..20).map(|_| Arc::default()).collect();
     for count in &received {
         let mut c = gw.connect("hot").await;
@@ -351,7 +352,11 @@ async fn flood_is_shed_and_counted_while_the_gateway_stays_responsive() {
             }
         });
     }
-    const FLOOD: u64 = 20_000;
+    // The hot user's shard holds its deliveries, so its 16-slot ring fills for certain: the
+    // first 16 notifications wait in it, every other one is dropped and counted.
+    let hot = chat4all_gateway::internals::owner_shard("hot", 2);
+    handle.pause_deliveries(hot, true);
+    const FLOOD: u64 = 2_000;
     let url = r.url();
     tokio::task::spawn_blocking(move || {
         let mut con = ::redis::Client::open(url)
@@ -378,11 +383,13 @@ async fn flood_is_shed_and_counted_while_the_gateway_stays_responsive() {
     let dropped = gw
         .metric(r#"notifications_dropped_total{reason="queue_full"}"#)
         .await as u64;
-    assert!(
-        dropped > 0,
-        "the flood should have filled the 16-slot queue"
+    assert_eq!(
+        dropped,
+        FLOOD - RING,
+        "exactly what did not fit in the ring"
     );
-    // Exact accounting: every client got every notification that was not dropped.
+    // Released, the shard delivers what its ring held: exactly that, to every client.
+    handle.pause_deliveries(hot, false);
     eventually(
         Duration::from_secs(30),
         "clients received the rest",
@@ -392,6 +399,14 @@ async fn flood_is_shed_and_counted_while_the_gateway_stays_responsive() {
                 .all(|c| c.load(Ordering::Relaxed) == FLOOD - dropped)
         },
     )
+    .await;
+    // Nothing more follows: a marker published now is each client's next message.
+    r.publish("notifications:hot", r#"{"type":"t","timestamp":1,"end":1}"#);
+    eventually(Duration::from_secs(30), "the marker", || async {
+        received
+            .iter()
+            .all(|c| c.load(Ordering::Relaxed) == FLOOD - dropped + 1)
+    })
     .await;
     // Never disconnected by Redis for lagging, and still serving.
     assert_eq!(gw.metric("redis_reconnects_total").await, 0.0);

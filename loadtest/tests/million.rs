@@ -84,10 +84,6 @@ fn million_script_smoke() {
             ("STORM_TIMEOUT", "90"),
             ("SAMPLE_MS", "500"),
             ("TUNE", "0"),
-            // Pattern mode: on a loaded machine the per-user subscriber can time out confirming a
-            // SUBSCRIBE batch and resubscribe (docs/capacity.md), which would make this smoke
-            // test flaky; the script's default stays per-user.
-            ("REDIS_SUBSCRIPTION", "pattern"),
             ("MAX_TOTAL_SECS", "400"),
             ("KEEP_RUN_DIR", "1"),
         ])

@@ -104,6 +104,8 @@ impl Target {
             ("REDIS_HOST", "127.0.0.1".into()),
             ("REDIS_PORT", redis.port.to_string()),
             ("JWT_SECRET", SECRET.into()),
+            // The load generator's handshakes all come from loopback addresses.
+            ("MAX_HANDSHAKES_PER_IP", "0".into()),
         ];
         Self {
             program: gateway_bin().to_path_buf(),

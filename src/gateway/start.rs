@@ -45,6 +45,7 @@ use crate::{
     shard::{
         self, Driver, Limits, ShardSetup,
         handoff::Outlets,
+        handshake_limit::HandshakeLimit,
         inbox::Inbox,
         shared::{Shared, Slots},
         subscription::Gate,
@@ -52,7 +53,7 @@ use crate::{
 };
 
 /// Slots of each shard-to-shard hand-off ring (connections in transit; a full ring answers 503).
-/// Memory: SHARDS x (SHARDS - 1) x 512 x 72 B, e.g. 2.3 MB at 8 shards, 36 MB at 32.
+/// Memory: SHARDS x (SHARDS - 1) x 512 x 96 B, e.g. 2.7 MB at 8 shards, 48 MB at 32.
 const HANDOFF_RING: usize = 512;
 /// How long the dispatcher waits for room in a full shard ring before dropping.
 const FULL_QUEUE_WAIT: Duration = Duration::from_millis(10);
@@ -141,6 +142,15 @@ impl Gateway {
         }
     }
 
+    /// Test-only: holds (`true`) or releases (`false`) the notifications routed to shard `shard`
+    /// in its delivery ring, so tests can fill a ring or build a backlog deterministically.
+    /// Never reachable from the network.
+    #[doc(hidden)]
+    pub fn pause_deliveries(&self, shard: usize, paused: bool) {
+        self.shared.deliveries_paused[shard].store(paused, Ordering::Release);
+        self.doorbells[shard].ring();
+    }
+
     /// Blocks until the shard threads exit (after a drain).
     pub fn join(self) {
         for t in self.threads {
@@ -177,6 +187,8 @@ pub fn limits(cfg: &Config) -> Limits {
             max_request_bytes: cfg.max_handshake_bytes,
         },
         max_payload_bytes: cfg.max_publish_bytes,
+        token_expiry_close: cfg.token_expiry_close,
+        jwt_leeway_secs: cfg.jwt_leeway.as_secs(),
     }
 }
 
@@ -218,6 +230,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     let shared = Arc::new(Shared::new(
         super::keys::verifier(cfg, auth),
         Slots::new(max_connections, cfg.fd_reserve),
+        HandshakeLimit::new(cfg.max_handshakes_per_ip),
         shards,
         metrics.clone(),
         cfg.drain_period,

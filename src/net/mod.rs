@@ -1,4 +1,5 @@
-//! The thin OS layer: raw socket calls ([`sys`]) and cross-thread wake-ups ([`doorbell`]).
+//! The thin OS layer: raw socket calls ([`sys`]), cross-thread wake-ups ([`doorbell`]), and
+//! yielding through the runtime's driver so timers and I/O run under load ([`turn`]).
 //!
 //! All `unsafe` code of the crate lives here (the crate root denies it everywhere else), each
 //! block with a `// SAFETY:` comment. It is needed for:
@@ -10,3 +11,4 @@
 
 pub mod doorbell;
 pub mod sys;
+pub mod turn;

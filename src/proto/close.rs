@@ -1,5 +1,7 @@
 //! The WebSocket close codes the gateway sends (RFC 6455 §7.4), each with the reason it is used
-//! for. The metrics layer counts them by this enum.
+//! for, plus the codes it only echoes (a client's own close is answered with the same code).
+//! The metrics layer counts them by this enum, so its label set stays small and fixed: every
+//! application code (3000-4999) a client closes with is counted under one `3000-4999` label.
 
 /// A close code the gateway sends on its own behalf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,11 +22,20 @@ pub enum CloseCode {
     Internal1011,
     /// Try again later (slow consumer, overload).
     TryAgain1013,
+    /// Unsupported data: only echoed.
+    Unsupported1003,
+    /// The client expected an extension: only echoed.
+    Extension1010,
+    /// The connection's token expired (`TOKEN_EXPIRY_CLOSE`); private-use code.
+    TokenExpired4001,
+    /// An application code (3000-4999) a client closed with, echoed. Counted as one label;
+    /// [`Self::code`] is the range's first code, never sent as such.
+    Application,
 }
 
 impl CloseCode {
     /// Number of codes.
-    pub const N: usize = 8;
+    pub const N: usize = 12;
     /// Every code, in declaration order (index = `code as usize`).
     pub const ALL: [Self; Self::N] = [
         Self::Normal1000,
@@ -35,6 +46,10 @@ impl CloseCode {
         Self::TooBig1009,
         Self::Internal1011,
         Self::TryAgain1013,
+        Self::Unsupported1003,
+        Self::Extension1010,
+        Self::TokenExpired4001,
+        Self::Application,
     ];
 
     /// The numeric close code.
@@ -48,6 +63,10 @@ impl CloseCode {
             Self::TooBig1009 => 1009,
             Self::Internal1011 => 1011,
             Self::TryAgain1013 => 1013,
+            Self::Unsupported1003 => 1003,
+            Self::Extension1010 => 1010,
+            Self::TokenExpired4001 => 4001,
+            Self::Application => 3000,
         }
     }
 
@@ -62,12 +81,29 @@ impl CloseCode {
             Self::TooBig1009 => "1009",
             Self::Internal1011 => "1011",
             Self::TryAgain1013 => "1013",
+            Self::Unsupported1003 => "1003",
+            Self::Extension1010 => "1010",
+            Self::TokenExpired4001 => "4001",
+            Self::Application => "3000-4999",
         }
     }
 
-    /// The variant for a numeric code, if the gateway sends it.
+    /// The variant for a numeric code the gateway sends on its own behalf (not the
+    /// application range).
     pub fn from_code(code: u16) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.code() == code)
+        Self::ALL
+            .into_iter()
+            .find(|c| *c != Self::Application && c.code() == code)
+    }
+
+    /// The label under which an echo of a client's close `code` is counted: its own variant, or
+    /// [`Self::Application`] for 3000-4999. `None` for codes a client may not send.
+    pub fn for_echo(code: u16) -> Option<Self> {
+        match code {
+            1000..=1003 | 1007..=1011 => Self::from_code(code),
+            3000..=4999 => Some(Self::Application),
+            _ => None,
+        }
     }
 }
 
@@ -79,9 +115,26 @@ mod tests {
     fn codes_round_trip_and_labels_match() {
         for (i, c) in CloseCode::ALL.into_iter().enumerate() {
             assert_eq!(c as usize, i);
+            if c == CloseCode::Application {
+                continue;
+            }
             assert_eq!(CloseCode::from_code(c.code()), Some(c));
             assert_eq!(c.as_str(), c.code().to_string());
         }
         assert_eq!(CloseCode::from_code(1005), None);
+        assert_eq!(CloseCode::from_code(3000), None);
+    }
+
+    #[test]
+    fn every_code_a_client_may_send_has_an_echo_label() {
+        // 1002 is never echoed in practice (the gateway sends 1002 itself), but has a label.
+        for code in (1000..=1003).chain(1007..=1011).chain(3000..=4999) {
+            let label = CloseCode::for_echo(code).expect("a label");
+            assert!(code >= 3000 || label.code() == code);
+        }
+        assert_eq!(CloseCode::for_echo(4001), Some(CloseCode::Application));
+        for code in [0, 999, 1004, 1005, 1006, 1012, 1015, 2999, 5000] {
+            assert_eq!(CloseCode::for_echo(code), None, "{code}");
+        }
     }
 }

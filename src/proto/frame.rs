@@ -556,6 +556,12 @@ pub fn encode_text(payload: &[u8]) -> Bytes {
     encode(OpCode::Data(Data::Text), &[payload])
 }
 
+/// One final, unmasked binary frame (header and payload in one allocation).
+#[must_use]
+pub fn encode_binary(payload: &[u8]) -> Bytes {
+    encode(OpCode::Data(Data::Binary), &[payload])
+}
+
 /// A close frame with `code` and `reason`, the reason truncated on a char boundary so the payload
 /// stays within 125 bytes. The caller picks a code that is valid to send.
 #[must_use]

@@ -347,11 +347,21 @@ impl Authenticator {
     ///
     /// [`AuthError::Missing`] for an empty token, otherwise the first check the token fails.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.verify_claims(token).map(|v| v.user)
+    }
+
+    /// [`Self::verify`], also returning when the token expires.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::verify`].
+    pub fn verify_claims(&self, token: &str) -> Result<Verified, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| self.classify(token, e.kind()))?;
+        let expires_at = data.claims.exp.map(|exp| exp.max(0.0) as u64);
         let claim = data
             .claims
             .user_id
@@ -363,7 +373,8 @@ impl Authenticator {
             UserIdClaim::Unsigned(n) => n.to_string(),
             UserIdClaim::Other(_) => return Err(AuthError::InvalidUserId),
         };
-        UserId::new(id).map_err(|_| AuthError::InvalidUserId)
+        let user = UserId::new(id).map_err(|_| AuthError::InvalidUserId)?;
+        Ok(Verified { user, expires_at })
     }
 
     /// Maps a `jsonwebtoken` failure to our error.
@@ -448,9 +459,21 @@ fn pem_label(pem: &[u8]) -> Option<&str> {
     Some(&rest[..rest.find("-----")?])
 }
 
+/// A token that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Whose it is.
+    pub user: UserId,
+    /// Its `exp` claim (seconds since the epoch), when it has one.
+    pub expires_at: Option<u64>,
+}
+
 /// The claims we read; `exp` and `nbf` are checked by `jsonwebtoken` itself.
 #[derive(Deserialize)]
 struct Claims {
+    /// Expiry (seconds since the epoch); already checked by `jsonwebtoken`, kept so a
+    /// connection can be closed when it passes.
+    exp: Option<f64>,
     /// Preferred source of the user id.
     user_id: Option<UserIdClaim>,
     /// Used when `user_id` is absent: the existing API issues only `sub`.

@@ -1,8 +1,9 @@
 //! The gateway's client protocol: what a client text message means, and the JSON frames the
 //! gateway sends on its own behalf (connected, pong, error).
 //!
-//! Clients send only one thing, `{"type":"ping"}` (any JSON whitespace, extra fields ignored),
-//! which the gateway answers with `{"type":"pong","timestamp":<ms>}`. The `type` value is
+//! Clients send `{"type":"ping"}` (any JSON whitespace, extra fields ignored), which the gateway
+//! answers with `{"type":"pong","timestamp":<ms>}`, and `{"type":"refresh","token":"<JWT>"}`,
+//! which extends the connection's token (answered with [`refreshed_frame`] or an error). The `type` value is
 //! matched case-sensitively: `"PING"` is an unknown type. Anything else is classified as
 //! [`ClientMessage::Unsupported`] with a reason label (see [`reason`]) that the connection task
 //! reports with [`error_frame`].
@@ -32,13 +33,21 @@ pub mod reason {
     pub const UNKNOWN_TYPE: &str = "unknown_type";
     /// The client sent a binary message; the protocol is text only.
     pub const BINARY_NOT_SUPPORTED: &str = "binary_not_supported";
+    /// A `refresh` message without a string `token`.
+    pub const MISSING_TOKEN: &str = "missing_token";
+    /// A `refresh` token that does not verify (bad signature, expired, wrong algorithm...).
+    pub const INVALID_TOKEN: &str = "invalid_token";
+    /// A `refresh` token for another user than the connection's.
+    pub const WRONG_USER: &str = "wrong_user";
 }
 
 /// What one complete client text message asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientMessage {
     /// `{"type":"ping"}`: answer with [`pong_frame`].
     Ping,
+    /// `{"type":"refresh","token":"<JWT>"}`: verify the token and extend the connection.
+    Refresh(Box<str>),
     /// Anything else, with a reason label from [`reason`].
     Unsupported(&'static str),
 }
@@ -77,6 +86,15 @@ pub fn classify_text(text: &mut [u8]) -> ClientMessage {
                 Some(object) => match object.get("type") {
                     None => ClientMessage::Unsupported(reason::MISSING_TYPE),
                     Some(kind) if kind.as_str() == Some("ping") => ClientMessage::Ping,
+                    Some(kind) if kind.as_str() == Some("refresh") => {
+                        match object
+                            .get("token")
+                            .map(|t| t.as_str().map(Box::<str>::from))
+                        {
+                            Some(Some(token)) => ClientMessage::Refresh(token),
+                            _ => ClientMessage::Unsupported(reason::MISSING_TOKEN),
+                        }
+                    }
                     Some(_) => ClientMessage::Unsupported(reason::UNKNOWN_TYPE),
                 },
             },
@@ -95,6 +113,28 @@ pub fn pong_frame(now_ms: u64) -> Bytes {
         push_u64(out, now_ms);
         out.push(b'}');
     })
+}
+
+/// The text frame `{"type":"refreshed","expiresAt":<unix seconds or null>,"timestamp":<now_ms>}`:
+/// the connection now lives until `expires_at` (no expiry: `null`).
+#[must_use]
+pub fn refreshed_frame(expires_at: Option<u64>, now_ms: u64) -> Bytes {
+    const HEAD: &[u8] = br#"{"type":"refreshed","expiresAt":"#;
+    const MID: &[u8] = br#","timestamp":"#;
+    let exp_len = expires_at.map_or(4, u64_len);
+    text_frame(
+        HEAD.len() + exp_len + MID.len() + u64_len(now_ms) + 1,
+        |out| {
+            out.extend_from_slice(HEAD);
+            match expires_at {
+                Some(exp) => push_u64(out, exp),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(MID);
+            push_u64(out, now_ms);
+            out.push(b'}');
+        },
+    )
 }
 
 /// The text frame `{"type":"connected","userId":"<user_id>","timestamp":<now_ms>}`, with the
@@ -146,8 +186,13 @@ fn human_message(reason: &str) -> &'static str {
         reason::INVALID_JSON => "Message is not valid JSON.",
         reason::NOT_AN_OBJECT => "Message must be a JSON object.",
         reason::MISSING_TYPE => "Message must have a \"type\" field.",
-        reason::UNKNOWN_TYPE => "Unknown message type; only \"ping\" is supported.",
+        reason::UNKNOWN_TYPE => "Unknown message type; \"ping\" and \"refresh\" are supported.",
         reason::BINARY_NOT_SUPPORTED => "Binary messages are not supported; send JSON text.",
+        reason::MISSING_TOKEN => "A refresh message needs a \"token\" string.",
+        reason::INVALID_TOKEN => {
+            "The refresh token could not be verified; the old one still applies."
+        }
+        reason::WRONG_USER => "The refresh token is for another user; the old one still applies.",
         _ => "Message not supported.",
     }
 }
@@ -386,7 +431,7 @@ mod tests {
             (reason::MISSING_TYPE, "Message must have a \"type\" field."),
             (
                 reason::UNKNOWN_TYPE,
-                "Unknown message type; only \"ping\" is supported.",
+                "Unknown message type; \"ping\" and \"refresh\" are supported.",
             ),
             (
                 reason::BINARY_NOT_SUPPORTED,
@@ -410,5 +455,36 @@ mod tests {
         let quoted = format!("\"{}\"", String::from_utf8(out).unwrap());
         assert_eq!(serde_json::from_str::<String>(&quoted).unwrap(), all);
         assert_eq!(quoted, serde_json::to_string(&all).unwrap());
+    }
+
+    #[test]
+    fn refresh_carries_its_token() {
+        assert_eq!(
+            classify(r#"{"type":"refresh","token":"a.b.c"}"#),
+            ClientMessage::Refresh("a.b.c".into())
+        );
+        assert_eq!(
+            classify(r#"{"type":"refresh"}"#),
+            ClientMessage::Unsupported(reason::MISSING_TOKEN)
+        );
+        assert_eq!(
+            classify(r#"{"type":"refresh","token":7}"#),
+            ClientMessage::Unsupported(reason::MISSING_TOKEN)
+        );
+    }
+
+    #[test]
+    fn refreshed_frame_is_json() {
+        for (exp, expected) in [
+            (Some(1_700_000_000u64), json!(1_700_000_000u64)),
+            (None, Value::Null),
+        ] {
+            let frame = refreshed_frame(exp, 1_234);
+            let v: Value = serde_json::from_slice(&decode_text(&frame)).unwrap();
+            assert_eq!(
+                v,
+                json!({"type": "refreshed", "expiresAt": expected, "timestamp": 1_234})
+            );
+        }
     }
 }

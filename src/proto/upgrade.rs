@@ -94,6 +94,8 @@ pub enum Status {
     UpgradeRequired,
     /// 431: the request head is too large or has too many headers.
     HeadersTooLarge,
+    /// 429: too many upgrades in progress from the client's address (decided by the caller).
+    TooManyRequests,
     /// 503: the gateway is full or draining (decided by the caller).
     ServiceUnavailable,
 }
@@ -108,6 +110,7 @@ impl Status {
             Status::MethodNotAllowed => 405,
             Status::UpgradeRequired => 426,
             Status::HeadersTooLarge => 431,
+            Status::TooManyRequests => 429,
             Status::ServiceUnavailable => 503,
         }
     }
@@ -121,6 +124,7 @@ impl Status {
             Status::MethodNotAllowed => "Method Not Allowed",
             Status::UpgradeRequired => "Upgrade Required",
             Status::HeadersTooLarge => "Request Header Fields Too Large",
+            Status::TooManyRequests => "Too Many Requests",
             Status::ServiceUnavailable => "Service Unavailable",
         }
     }
@@ -334,7 +338,7 @@ pub fn write_refusal(status: Status, error: &str, message: &str, out: &mut Vec<u
         Status::Unauthorized => b"WWW-Authenticate: Bearer\r\n",
         Status::MethodNotAllowed => b"Allow: GET\r\n",
         Status::UpgradeRequired => b"Upgrade: websocket\r\n",
-        Status::ServiceUnavailable => b"Retry-After: 1\r\n",
+        Status::ServiceUnavailable | Status::TooManyRequests => b"Retry-After: 1\r\n",
         _ => b"",
     };
     out.extend_from_slice(extra);

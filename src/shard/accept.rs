@@ -1,8 +1,9 @@
 //! The shard's accept loop. Out of descriptors (`EMFILE`, `ENFILE`) or kernel memory, it backs
 //! off with a growing pause instead of spinning, keeps serving existing connections meanwhile,
-//! counts the failure, and resumes as descriptors free up.
+//! counts the failure, and resumes as descriptors free up. Under a connect flood it accepts
+//! [`ACCEPTS_PER_TURN`] connections, then waits for the driver's next turn (`net::turn`).
 
-use std::{io, rc::Rc, time::Duration};
+use std::{io, net::IpAddr, rc::Rc, time::Duration};
 
 use monoio::{io::CancelHandle, net::TcpListener};
 
@@ -13,17 +14,27 @@ use crate::metrics::AcceptError;
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest pause between accept attempts while out of resources.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Connections accepted before the accept loop lets the rest of the shard have a turn of the
+/// driver (a connect flood must not starve established connections, timers or the drain).
+const ACCEPTS_PER_TURN: usize = 64;
 
 /// Accepts until the process drains: the inbox then cancels the pending accept through `stop`
 /// (an io_uring or epoll cancellation, never an action on a descriptor this task may already
 /// have closed), and the listener is dropped here.
 pub async fn run(shard: Rc<Shard>, listener: TcpListener, stop: CancelHandle) {
     let mut backoff = MIN_BACKOFF;
+    let mut accepted = 0;
     while !shard.draining() {
+        if accepted == ACCEPTS_PER_TURN {
+            accepted = 0;
+            shard.turn.next().await;
+            continue;
+        }
         match listener.cancelable_accept(stop.clone()).await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 backoff = MIN_BACKOFF;
-                monoio::spawn(serve(shard.clone(), stream));
+                accepted += 1;
+                monoio::spawn(serve(shard.clone(), stream, peer.ip()));
             }
             // The drain cancelled this accept.
             Err(_) if shard.draining() => break,
@@ -44,8 +55,8 @@ pub async fn run(shard: Rc<Shard>, listener: TcpListener, stop: CancelHandle) {
 }
 
 /// The task of one accepted socket: admission, then its session.
-async fn serve(shard: Rc<Shard>, stream: monoio::net::TcpStream) {
-    if let Some(admitted) = admission::admit(&shard, stream).await {
+async fn serve(shard: Rc<Shard>, stream: monoio::net::TcpStream, peer: IpAddr) {
+    if let Some(admitted) = admission::admit(&shard, stream, peer).await {
         session::open(&shard, admitted).await;
     }
 }

@@ -1,8 +1,9 @@
-//! Admission of one accepted socket: reserve a connection slot, read the upgrade request (within
-//! the handshake timeout and size cap), refuse it with a precise HTTP status, or verify its token
-//! and return the [`Admitted`] connection for the session to establish.
+//! Admission of one accepted socket: count it against its address's handshakes in progress
+//! (`MAX_HANDSHAKES_PER_IP`, 429 beyond), reserve a connection slot, read the upgrade request
+//! (within the handshake timeout and size cap), refuse it with a precise HTTP status, or verify
+//! its token and return the [`Admitted`] connection for the session to establish.
 
-use std::{io, rc::Rc};
+use std::{io, net::IpAddr, rc::Rc};
 
 use monoio::net::TcpStream;
 
@@ -30,6 +31,8 @@ pub struct Admitted {
     pub leftover: Vec<u8>,
     /// The connection's slot against `MAX_CONNECTIONS`.
     pub slot: Slot,
+    /// The token's `exp` (Unix seconds), if it has one.
+    pub expires_at: Option<u64>,
 }
 
 /// What reading the request produced.
@@ -44,8 +47,17 @@ enum Request {
     Refuse(HandshakeError),
 }
 
-/// Admits `stream`, or refuses it (answering the client) and returns `None`.
-pub async fn admit(shard: &Rc<Shard>, stream: TcpStream) -> Option<Admitted> {
+/// Admits `stream` from `peer`, or refuses it (answering the client) and returns `None`.
+pub async fn admit(shard: &Rc<Shard>, stream: TcpStream, peer: IpAddr) -> Option<Admitted> {
+    // First the address's own budget, so one address's stalled handshakes never take slots
+    // from everyone else. Held until admission ends (the 101 does not depend on the client).
+    let Some(_in_progress) = shard.shared.handshakes.try_enter(peer) else {
+        shard.stats.inc_error(ErrorType::OverCapacity);
+        let message = "too many upgrades in progress from this address; retry with backoff";
+        let status = Status::TooManyRequests;
+        refuse_lingering(shard, stream, status, "too_many_handshakes", message).await;
+        return None;
+    };
     let slot = if shard.draining() {
         None
     } else {
@@ -54,21 +66,8 @@ pub async fn admit(shard: &Rc<Shard>, stream: TcpStream) -> Option<Admitted> {
     let Some(slot) = slot else {
         shard.stats.inc_error(ErrorType::OverCapacity);
         let message = "the gateway is at capacity or shutting down; retry with backoff";
-        // This socket holds no slot, so its linger comes from a small budget of its own.
-        let slots = &shard.shared.slots;
-        let linger = slots.try_linger();
-        refusal::refuse_with(
-            shard,
-            stream,
-            Status::ServiceUnavailable,
-            "over_capacity",
-            message,
-            linger,
-        )
-        .await;
-        if linger {
-            slots.end_linger();
-        }
+        let status = Status::ServiceUnavailable;
+        refuse_lingering(shard, stream, status, "over_capacity", message).await;
         return None;
     };
     let request =
@@ -101,15 +100,16 @@ pub async fn admit(shard: &Rc<Shard>, stream: TcpStream) -> Option<Admitted> {
     };
     let verified = match token {
         None => Err(AuthError::Missing),
-        Some(token) => shard.shared.auth.verify(&token),
+        Some(token) => shard.shared.auth.verify_claims(&token),
     };
     match verified {
-        Ok(user) => Some(Admitted {
+        Ok(verified) => Some(Admitted {
             stream,
-            user,
+            user: verified.user,
             accept_key,
             leftover,
             slot,
+            expires_at: verified.expires_at,
         }),
         Err(err) => {
             shard.stats.inc_auth_failure(auth_failure(&err));
@@ -118,6 +118,23 @@ pub async fn admit(shard: &Rc<Shard>, stream: TcpStream) -> Option<Admitted> {
             refusal::refuse(shard, stream, Status::Unauthorized, err.kind(), &message).await;
             None
         }
+    }
+}
+
+/// Refuses a socket that holds no connection slot: it lingers for the client to read the
+/// response only within the small budget of such sockets, else it closes right after.
+async fn refuse_lingering(
+    shard: &Shard,
+    stream: TcpStream,
+    status: Status,
+    label: &str,
+    message: &str,
+) {
+    let slots = &shard.shared.slots;
+    let linger = slots.try_linger();
+    refusal::refuse_with(shard, stream, status, label, message, linger).await;
+    if linger {
+        slots.end_linger();
     }
 }
 

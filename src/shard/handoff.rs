@@ -24,6 +24,8 @@ pub struct Handoff {
     pub leftover: Vec<u8>,
     /// The connection's slot against `MAX_CONNECTIONS`, travelling with it.
     pub slot: Slot,
+    /// The token's `exp` (Unix seconds), if it has one.
+    pub expires_at: Option<u64>,
 }
 
 /// A shard's producer ends towards every other shard.
@@ -59,5 +61,21 @@ impl Outlets {
             }
             Err(rtrb::PushError::Full(h)) => Err(h),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-off rings' memory (docs/architecture.md) is 512 slots of this per shard pair.
+    #[test]
+    fn handoff_slot_size() {
+        let size = std::mem::size_of::<Handoff>();
+        eprintln!("Handoff {size} B");
+        assert!(
+            size <= 96,
+            "Handoff grew to {size} B; update docs/architecture.md"
+        );
     }
 }

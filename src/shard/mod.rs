@@ -9,7 +9,10 @@ pub mod accept;
 pub mod admission;
 pub mod conn;
 pub mod drain;
+pub mod echo;
+pub mod expiry;
 pub mod handoff;
+pub mod handshake_limit;
 pub mod inbox;
 pub mod reader;
 pub mod refusal;
@@ -18,6 +21,8 @@ pub mod session;
 pub mod shared;
 pub mod subscription;
 pub mod sweep;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::{
     cell::RefCell,
@@ -33,6 +38,7 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use self::{handoff::Outlets, inbox::Inbox, registry::Registry, shared::Shared};
 use crate::{
     metrics::ShardStats,
+    net::turn::Turn,
     proto::{frame, upgrade::HandshakeConfig},
 };
 
@@ -80,6 +86,10 @@ pub struct Limits {
     pub handshake: HandshakeConfig,
     /// Largest notification payload accepted from Redis (raw payloads are normalised here).
     pub max_payload_bytes: usize,
+    /// Close connections whose token expired (`TOKEN_EXPIRY_CLOSE`).
+    pub token_expiry_close: bool,
+    /// `JWT_LEEWAY` in seconds, added to a token's `exp` before its connection is closed.
+    pub jwt_leeway_secs: u64,
 }
 
 /// A shard's state, on its own thread.
@@ -106,9 +116,39 @@ pub struct Shard {
     pub finished: std::cell::Cell<bool>,
     /// Cancels the accept loop's pending accept when the drain starts (taken once).
     stop_accepting: RefCell<Option<monoio::io::Canceller>>,
+    /// Where busy tasks wait for the driver's next turn (timers, I/O) after their budget.
+    pub turn: Rc<Turn>,
+    /// Token deadlines of the connections (only with `TOKEN_EXPIRY_CLOSE`; empty otherwise).
+    pub expiries: RefCell<expiry::Expiries>,
 }
 
 impl Shard {
+    /// A shard's state before it serves: empty registry, fresh scratch buffer. Must be called
+    /// on the shard's monoio runtime (it starts the shard's [`Turn`] pump there).
+    pub fn new(
+        id: usize,
+        limits: Limits,
+        shared: Arc<Shared>,
+        outlets: Outlets,
+        subscription: Option<subscription::Gate>,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            id,
+            limits,
+            stats: shared.metrics.shard(id),
+            registry: RefCell::new(Registry::default()),
+            scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
+            shared,
+            outlets: RefCell::new(outlets),
+            subscription,
+            epoch: Instant::now(),
+            finished: std::cell::Cell::new(false),
+            stop_accepting: RefCell::new(None),
+            turn: Turn::start()?,
+            expiries: RefCell::default(),
+        })
+    }
+
     /// Reports that a user's last connection on this gateway is gone (per-user mode).
     pub fn user_left(&self, user: &str) {
         if let Some(gate) = &self.subscription {
@@ -187,21 +227,14 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
 /// The shard's main future: starts its tasks and serves the inbox until shutdown.
 async fn main(setup: ShardSetup) -> io::Result<()> {
     let listener = monoio::net::TcpListener::from_std(setup.listener)?;
+    let shard = Rc::new(Shard::new(
+        setup.id,
+        setup.limits,
+        setup.shared,
+        setup.outlets,
+        setup.subscription,
+    )?);
     let _ = setup.ready.send(Ok(setup.id));
-    let stats = setup.shared.metrics.shard(setup.id);
-    let shard = Rc::new(Shard {
-        id: setup.id,
-        limits: setup.limits,
-        stats,
-        registry: RefCell::new(Registry::default()),
-        scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
-        shared: setup.shared,
-        outlets: RefCell::new(setup.outlets),
-        subscription: setup.subscription,
-        epoch: Instant::now(),
-        finished: std::cell::Cell::new(false),
-        stop_accepting: RefCell::new(None),
-    });
     let canceller = monoio::io::Canceller::new();
     let stop = canceller.handle();
     *shard.stop_accepting.borrow_mut() = Some(canceller);

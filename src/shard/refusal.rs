@@ -15,6 +15,9 @@ use crate::{
 
 /// How long a refused client gets to read the response before the socket is closed.
 const LINGER: Duration = Duration::from_millis(500);
+/// Reads a lingering refusal discards before it closes anyway: a client that keeps sending
+/// must not keep this task (and its shard) busy.
+const LINGER_READS: usize = 16;
 
 /// Answers with an HTTP error and closes, lingering as described above.
 pub async fn refuse(shard: &Shard, stream: TcpStream, status: Status, label: &str, message: &str) {
@@ -43,7 +46,7 @@ pub async fn refuse_with(
     }
     let _ = monoio::time::timeout(LINGER, async {
         let mut sink = [0u8; 512];
-        loop {
+        for _ in 0..LINGER_READS {
             if stream.readable(false).await.is_err() {
                 return;
             }

@@ -83,6 +83,11 @@ impl Registry {
             .flat_map(|keys| keys.iter().filter_map(|k| self.conns.get(*k as usize)))
     }
 
+    /// The connection with slab key `key`, if any.
+    pub fn get(&self, key: u32) -> Option<&Rc<Conn>> {
+        self.conns.get(key as usize)
+    }
+
     /// Every connection (for the idle sweep and drain).
     pub fn iter(&self) -> impl Iterator<Item = &Rc<Conn>> {
         self.conns.iter().map(|(_, c)| c)
@@ -96,5 +101,82 @@ impl Registry {
     /// Whether the shard holds no connection.
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::testing::{Sockets, block_on};
+
+    /// Runs `f` inside a monoio runtime (connections register their sockets with its driver),
+    /// with a factory of real loopback connections for any user.
+    fn with_conns(f: impl FnOnce(&mut dyn FnMut(&str) -> Rc<Conn>)) {
+        block_on(async {
+            let mut sockets = Sockets::new();
+            f(&mut |user| sockets.conn(user, 0));
+        });
+    }
+    fn users_conns(r: &Registry, user: &str) -> Vec<*const Conn> {
+        r.user(user).map(Rc::as_ptr).collect()
+    }
+
+    #[test]
+    fn indexes_connections_by_user_oldest_first() {
+        with_conns(|make| {
+            let mut r = Registry::default();
+            let (a1, a2, b) = (make("alice"), make("alice"), make("bob"));
+            assert!(r.insert(a1.clone(), 3).first_for_user);
+            assert!(!r.insert(a2.clone(), 3).first_for_user);
+            assert!(r.insert(b.clone(), 3).first_for_user);
+            assert_eq!(users_conns(&r, "alice"), [Rc::as_ptr(&a1), Rc::as_ptr(&a2)]);
+            assert_eq!(users_conns(&r, "bob"), [Rc::as_ptr(&b)]);
+            assert!(users_conns(&r, "carol").is_empty());
+            assert_eq!(r.len(), 3);
+            assert_eq!(r.iter().count(), 3);
+        });
+    }
+
+    #[test]
+    fn evicts_the_oldest_beyond_the_per_user_cap() {
+        with_conns(|make| {
+            let mut r = Registry::default();
+            let c: Vec<_> = (0..3).map(|_| make("phone")).collect();
+            assert!(r.insert(c[0].clone(), 2).evicted.is_none());
+            assert!(r.insert(c[1].clone(), 2).evicted.is_none());
+            let evicted = r.insert(c[2].clone(), 2).evicted.expect("over the cap");
+            assert!(Rc::ptr_eq(&evicted, &c[0]));
+            // The evicted connection no longer receives, but stays until its reader removes it.
+            assert_eq!(
+                users_conns(&r, "phone"),
+                [Rc::as_ptr(&c[1]), Rc::as_ptr(&c[2])]
+            );
+            assert_eq!(r.len(), 3);
+            assert!(!r.remove(&c[0]), "not the user's last connection");
+            assert_eq!(r.len(), 2);
+            assert!(!r.remove(&c[1]));
+            assert!(r.remove(&c[2]), "the user's last connection");
+            assert!(r.is_empty());
+            assert!(users_conns(&r, "phone").is_empty());
+        });
+    }
+
+    #[test]
+    fn reuses_slab_keys_and_never_removes_a_stranger() {
+        with_conns(|make| {
+            let mut r = Registry::default();
+            let (a, b) = (make("a"), make("b"));
+            r.insert(a.clone(), 1);
+            let key = a.key.get();
+            assert!(r.remove(&a));
+            assert!(!r.remove(&a), "removal is idempotent");
+            r.insert(b.clone(), 1);
+            assert_eq!(b.key.get(), key, "the freed slot is reused");
+            // `a` still carries the old key, which now belongs to `b`: removing `a` again must
+            // not touch `b`.
+            assert!(!r.remove(&a));
+            assert_eq!(users_conns(&r, "b"), [Rc::as_ptr(&b)]);
+            assert_eq!(r.len(), 1);
+        });
     }
 }

@@ -8,15 +8,15 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use super::{
-    Shard, admission::Admitted, conn::Conn, handoff::Handoff, reader, refusal, shared::Slot,
-    subscription,
+    Shard, admission::Admitted, conn::Conn, expiry, handoff::Handoff, reader, refusal,
+    shared::Slot, subscription,
 };
 use crate::{
     clock,
     fanout::route,
     metrics::{ErrorType, HandshakeOutcome},
     net::sys,
-    proto::{close::CloseCode, message, upgrade, upgrade::Status},
+    proto::{message, upgrade, upgrade::Status},
 };
 
 /// Opens the session of an admitted connection: here when this shard owns the user, else on the
@@ -30,6 +30,7 @@ pub async fn open(shard: &Rc<Shard>, admitted: Admitted) {
             accept_key,
             leftover,
             slot,
+            expires_at,
         } = admitted;
         establish(
             shard,
@@ -38,6 +39,7 @@ pub async fn open(shard: &Rc<Shard>, admitted: Admitted) {
             accept_key,
             leftover,
             slot,
+            expires_at,
         );
         return;
     }
@@ -55,6 +57,7 @@ pub async fn open(shard: &Rc<Shard>, admitted: Admitted) {
         accept_key: admitted.accept_key,
         leftover: admitted.leftover,
         slot: admitted.slot,
+        expires_at: admitted.expires_at,
     };
     if shard.outlets.borrow_mut().send(owner, handoff).is_err() {
         // Unreachable in practice (room was checked and this shard is the ring's only
@@ -77,6 +80,7 @@ pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
             handoff.accept_key,
             handoff.leftover,
             handoff.slot,
+            handoff.expires_at,
         ),
         Err(err) => {
             shard.stats.inc_error(ErrorType::InternalError);
@@ -94,10 +98,19 @@ fn establish(
     accept_key: String,
     leftover: Vec<u8>,
     slot: Slot,
+    expires_at: Option<u64>,
 ) {
     let owner = shard.clone();
     subscription::when_subscribed(shard, user, stream, move |stream, user| {
-        greet(&owner, stream, user, &accept_key, leftover, slot);
+        greet(
+            &owner,
+            stream,
+            user,
+            &accept_key,
+            leftover,
+            slot,
+            expires_at,
+        );
     });
 }
 
@@ -111,6 +124,7 @@ fn greet(
     accept_key: &str,
     leftover: Vec<u8>,
     slot: Slot,
+    expires_at: Option<u64>,
 ) {
     // Small writes: disable Nagle so a notification leaves at once.
     let _ = stream.set_nodelay(true);
@@ -119,6 +133,12 @@ fn greet(
         .registry
         .borrow_mut()
         .insert(conn.clone(), shard.limits.max_connections_per_user);
+    expiry::track(shard, &conn, expires_at);
+    // The evicted connection gives its slot back before this client can see `connected`, so a
+    // client that connects next never finds it still taken.
+    if let Some(old) = inserted.evicted {
+        old.evict(shard);
+    }
     shard.stats.connections_active.fetch_add(1, Relaxed);
     shard.stats.inc_handshake(HandshakeOutcome::Accepted);
     tracing::debug!(shard = shard.id, user = %conn.user, "connected");
@@ -126,13 +146,11 @@ fn greet(
     let mut greeting = Vec::with_capacity(160 + connected.len());
     upgrade::write_switching_protocols(accept_key, &mut greeting);
     greeting.extend_from_slice(&connected);
+    conn.hold(slot);
     conn.send(shard, Bytes::from(greeting));
-    if let Some(old) = inserted.evicted {
-        old.close(
-            shard,
-            CloseCode::Policy1008,
-            "too many connections for this user; closing the oldest",
-        );
-    }
-    monoio::spawn(reader::run(conn, shard.clone(), leftover, slot));
+    monoio::spawn(reader::run::<reader::GatewayMessages>(
+        conn,
+        shard.clone(),
+        leftover,
+    ));
 }

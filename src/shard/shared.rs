@@ -11,10 +11,11 @@ use std::{
 
 use arc_swap::ArcSwap;
 
+use super::handshake_limit::HandshakeLimit;
 use crate::{
     metrics::Metrics,
     proto::{
-        jwt::{AuthError, Authenticator},
+        jwt::{AuthError, Authenticator, Verified},
         user::UserId,
     },
 };
@@ -25,6 +26,8 @@ pub struct Shared {
     pub auth: Verifier,
     /// Connection slots against `MAX_CONNECTIONS`.
     pub slots: Arc<Slots>,
+    /// Upgrades in progress per source address, against `MAX_HANDSHAKES_PER_IP`.
+    pub handshakes: Arc<HandshakeLimit>,
     /// Number of shards; the routing modulus.
     pub shard_count: usize,
     /// Set once on shutdown: stop accepting, close connections (also fails `/readyz`).
@@ -33,6 +36,9 @@ pub struct Shared {
     pub drain_period: Duration,
     /// Metrics registry (per-shard stats live inside).
     pub metrics: Arc<Metrics>,
+    /// Per shard: deliveries are held in its ring, not served (test-only pause, reachable only
+    /// through a hidden method of `gateway::Gateway`; hand-offs are still served).
+    pub deliveries_paused: Box<[AtomicBool]>,
 }
 
 impl Shared {
@@ -40,6 +46,7 @@ impl Shared {
     pub fn new(
         auth: Verifier,
         slots: Slots,
+        handshakes: HandshakeLimit,
         shard_count: usize,
         metrics: Arc<Metrics>,
         drain_period: Duration,
@@ -47,10 +54,12 @@ impl Shared {
         Self {
             auth,
             slots: Arc::new(slots),
+            handshakes: Arc::new(handshakes),
             shard_count,
             draining: Arc::new(AtomicBool::new(false)),
             drain_period,
             metrics,
+            deliveries_paused: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -95,9 +104,18 @@ impl Verifier {
     ///
     /// Why the token is refused ([`Authenticator::verify`]).
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.verify_claims(token).map(|v| v.user)
+    }
+
+    /// [`Self::verify`], also returning when the token expires.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::verify`].
+    pub fn verify_claims(&self, token: &str) -> Result<Verified, AuthError> {
         match &self.0 {
-            Source::Fixed(auth) => auth.verify(token),
-            Source::Reloadable(swap) => swap.load().verify(token),
+            Source::Fixed(auth) => auth.verify_claims(token),
+            Source::Reloadable(swap) => swap.load().verify_claims(token),
         }
     }
 

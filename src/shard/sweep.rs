@@ -1,5 +1,6 @@
-//! The shard's periodic sweep over its connections: pings the silent, closes the dead, and
-//! aborts closing handshakes that take too long.
+//! The shard's periodic sweep over its connections: pings the silent, closes the dead, aborts
+//! closing handshakes that take too long, and closes connections whose token expired (when
+//! `TOKEN_EXPIRY_CLOSE` is on).
 //!
 //! One timer per shard instead of one per connection keeps idle connections free of timer state.
 //! The cost is a walk over the slab every period: a few nanoseconds per connection, i.e. a few
@@ -22,6 +23,7 @@ pub async fn run(shard: Rc<Shard>) {
     let close_ms = shard.limits.close_timeout.as_millis() as u64;
     loop {
         monoio::time::sleep(period).await;
+        super::expiry::close_expired(&shard);
         let now = shard.now_ms();
         for conn in shard.registry.borrow().iter() {
             match conn.phase() {

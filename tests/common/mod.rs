@@ -29,23 +29,37 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// A WebSocket client connection.
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A gateway running inside the test process.
+/// A gateway running inside the test process. When it owns the gateway ([`start`]), dropping
+/// it drains the gateway and waits for its shard threads to end, so no test leaves shards (and
+/// their io_uring rings and sockets) running behind it.
 pub struct TestGateway {
     /// WebSocket address.
     pub ws: SocketAddr,
     /// Control-plane address.
     pub control: SocketAddr,
+    /// The gateway, when this value owns it.
+    gateway: Option<gateway::Gateway>,
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(gw) = self.gateway.take() {
+            gw.begin_drain();
+            gw.join();
+        }
+    }
 }
 
 /// Starts a gateway with two shards on `driver` ("io-uring" or "epoll") plus extra flags. It
-/// runs until the test process exits.
+/// is drained and its shards stopped when the returned value drops (with `DRAIN_SECONDS` 0
+/// unless `extra` sets `--drain-period`).
 pub fn start(driver: &str, extra: &[&str]) -> TestGateway {
-    let (test, gw) = start_owned(driver, extra);
-    std::mem::forget(gw);
+    let (mut test, gw) = start_owned(driver, extra);
+    test.gateway = Some(gw);
     test
 }
 
-/// Like [`start`], but hands back the gateway so the test can drain it.
+/// Like [`start`], but hands back the gateway so the test can drain it itself.
 pub fn start_owned(driver: &str, extra: &[&str]) -> (TestGateway, gateway::Gateway) {
     let mut args = vec![
         "chat4all-gateway",
@@ -66,13 +80,41 @@ pub fn start_owned(driver: &str, extra: &[&str]) -> (TestGateway, gateway::Gatew
         "--jwt-secret",
         SECRET,
     ];
+    if !extra.contains(&"--drain-period") {
+        args.extend_from_slice(&["--drain-period", "0s"]);
+    }
     args.extend_from_slice(extra);
     let cfg = Config::try_parse_from(args).expect("test config parses");
     cfg.validate().expect("test config is valid");
     let auth = gateway::authenticator(&cfg, None).expect("authenticator");
     let gw = gateway::start(&cfg, auth).expect("gateway starts");
     let (ws, control) = (gw.ws_addr, gw.control_addr);
-    (TestGateway { ws, control }, gw)
+    let test = TestGateway {
+        ws,
+        control,
+        gateway: None,
+    };
+    (test, gw)
+}
+
+/// Waits until `cond` holds, polling it every 20 ms, and panics naming `what` after `limit`.
+/// For conditions that should hold soon; the limit only turns a hang into a failure.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A valid token for `user`.
@@ -192,6 +234,20 @@ pub async fn next_json(ws: &mut Client) -> serde_json::Value {
             Message::Text(t) => return serde_json::from_str(&t).expect("JSON text"),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// The next text message of a client over a plain TCP stream, parsed as JSON.
+pub async fn next_json_plain(ws: &mut WebSocketStream<TcpStream>) -> serde_json::Value {
+    loop {
+        let msg = timeout(WAIT, ws.next())
+            .await
+            .expect("message in time")
+            .expect("stream open")
+            .expect("valid frame");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).expect("JSON text");
         }
     }
 }
