@@ -4,7 +4,7 @@
 use chat4all_gateway::internals::Limits;
 use proptest::{collection::vec, prelude::*, sample::select};
 
-use crate::checks::{assert_agrees_with_tungstenite, decode_split};
+use crate::checks::frame::{assert_agrees_with_tungstenite, decode_split};
 
 /// How a frame's payload length is written on the wire.
 #[derive(Debug, Clone, Copy)]

@@ -7,7 +7,7 @@ use chat4all_gateway::internals::{Algorithm, AuthError};
 use proptest::{collection::vec, prelude::*, sample::select};
 use serde_json::{Value, json};
 
-use crate::checks::{assert_token_properties, authenticator, sign_hs256};
+use crate::checks::jwt::{assert_token_properties, authenticator, sign_hs256};
 
 /// Algorithm names a header may carry: every JOSE name, case variants, and nonsense.
 fn alg_name() -> impl Strategy<Value = String> {

@@ -5,7 +5,7 @@
 use proptest::{collection::vec, prelude::*, sample::select};
 use serde_json::{Map, Value};
 
-use crate::checks::assert_payload_properties;
+use crate::checks::payload::assert_payload_properties;
 
 /// Keys, including the two the normaliser looks for, escaped spellings of them, and nested ones.
 fn key() -> impl Strategy<Value = String> {

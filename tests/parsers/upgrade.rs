@@ -6,7 +6,7 @@
 use chat4all_gateway::internals::{HandshakeConfig, Parsed, parse_request};
 use proptest::{collection::vec, prelude::*, sample::select};
 
-use crate::checks::assert_upgrade_properties;
+use crate::checks::upgrade::assert_upgrade_properties;
 
 /// Requests captured from real clients (the fuzz seeds, without their two config bytes). curl
 /// has no WebSocket support in this version: the request is the common recipe of `-H` options,
