@@ -5,7 +5,7 @@
 //! pure function of the token and the clock: it checks the signature with the one configured
 //! [`Algorithm`] (a token whose header names any other algorithm, `none` included, is refused),
 //! checks `exp` and `nbf` with the configured leeway, and returns the user id from the `user_id`
-//! claim, or from `sub` when `user_id` is absent. Audience and issuer are not checked.
+//! claim, or from `sub` when `user_id` is absent or null. Audience and issuer are not checked.
 //!
 //! The user id becomes part of a Redis channel name, so it must be 1 to 256 bytes without
 //! whitespace or control characters. Errors carry static messages only: no error or log line
