@@ -381,6 +381,20 @@ fn error_control_too_long() {
 }
 
 #[test]
+fn control_frame_with_a_long_length_form_is_refused() {
+    // RFC 6455 §5.2 and §5.5: a control frame's length must use the 7-bit form. Refused from the
+    // header even when the length it holds is small (tungstenite reads it; see fuzz/README.md).
+    let mut close16 = vec![0x88, 0x80 | 126, 0, 2];
+    close16.extend_from_slice(&MASK);
+    close16.extend(u16::to_be_bytes(1000).iter().zip(MASK).map(|(b, m)| b ^ m));
+    assert_error(&close16, ProtocolError::ControlTooLong(126), 1002);
+    let mut ping64 = vec![0x89, 0x80 | 127];
+    ping64.extend_from_slice(&0u64.to_be_bytes());
+    ping64.extend_from_slice(&MASK);
+    assert_error(&ping64, ProtocolError::ControlTooLong(127), 1002);
+}
+
+#[test]
 fn error_unexpected_continuation() {
     assert_error(
         &client(0x80, b"x"),
