@@ -197,11 +197,16 @@ const REPLACED_REASON: &str = "Protocol violation";
 pub fn assert_agrees_with_tungstenite(stream: &[u8], limits: &Limits) {
     let ours = decode_split(stream, &[], limits);
     let (theirs, end) = tungstenite_read(stream, limits.max_message_bytes);
+    // tungstenite reads nothing after a close; compare up to and including the first one.
+    let mut events = ours.events.clone();
+    if let Some(i) = events.iter().position(|e| matches!(e, Ev::Close(_))) {
+        events.truncate(i + 1);
+    }
     if let Err((1002, e)) = &ours.verdict
         && (e == "ControlTooLong(126)" || e == "ControlTooLong(127)")
     {
         assert!(
-            theirs.starts_with(&ours.events),
+            theirs.starts_with(&events),
             "events before the long-form control frame differ: {}",
             Context {
                 stream,
@@ -211,11 +216,6 @@ pub fn assert_agrees_with_tungstenite(stream: &[u8], limits: &Limits) {
             }
         );
         return;
-    }
-    // tungstenite reads nothing after a close; compare up to and including the first one.
-    let mut events = ours.events.clone();
-    if let Some(i) = events.iter().position(|e| matches!(e, Ev::Close(_))) {
-        events.truncate(i + 1);
     }
     let closed_by_us = matches!(events.last(), Some(Ev::Close(_)));
     let context = Context {

@@ -4,7 +4,7 @@
 use chat4all_gateway::internals::Limits;
 use proptest::{collection::vec, prelude::*, sample::select};
 
-use crate::checks::frame::{assert_agrees_with_tungstenite, decode_split};
+use crate::checks::frame::{assert_agrees_with_tungstenite, decode_split, frame};
 
 /// How a frame's payload length is written on the wire.
 #[derive(Debug, Clone, Copy)]
@@ -227,6 +227,13 @@ proptest! {
     ) {
         let limits = Limits::new().with_max_message_bytes(limit);
         prop_assert_eq!(decode_split(&stream, &cuts, &limits), decode_split(&stream, &[], &limits));
+    }
+
+    /// The fuzz target's whole check (split invariance and the tungstenite differential) on
+    /// random bytes, which mostly fail early in ways tungstenite reports differently.
+    #[test]
+    fn fuzz_check_holds_on_random_bytes(data in vec(any::<u8>(), 0..400)) {
+        frame(&data);
     }
 
     /// Client streams, intact or with one byte changed: the same, however split.
