@@ -94,6 +94,8 @@ pub mod internals {
         jwt::{Algorithm, AuthConfig, AuthError, Authenticator, KeySource, issue_hs256},
         message::{ClientMessage, classify_text, connected_frame},
         payload::normalize_to_frame,
-        upgrade::{HandshakeConfig, Parsed, parse_request, write_switching_protocols},
+        upgrade::{
+            HandshakeConfig, Parsed, parse_request, write_refusal, write_switching_protocols,
+        },
     };
 }

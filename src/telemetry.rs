@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use tracing_subscriber::{
-    EnvFilter, Registry, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
+    EnvFilter, Registry, filter::ParseError, fmt, layer::SubscriberExt, reload,
+    util::SubscriberInitExt,
 };
 
 use crate::{
@@ -33,13 +34,7 @@ pub fn init(format: LogFormat, filter_file: Option<&Path>) -> Result<Option<Filt
                 .0,
             None,
         ),
-        None => match std::env::var(EnvFilter::DEFAULT_ENV) {
-            Ok(spec) => match EnvFilter::try_new(&spec) {
-                Ok(filter) => (filter, None),
-                Err(e) => (EnvFilter::new(DEFAULT_FILTER), Some(e)),
-            },
-            Err(_) => (EnvFilter::new(DEFAULT_FILTER), None),
-        },
+        None => filter(std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref()),
     };
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
@@ -111,15 +106,42 @@ impl Reload for FilterReload {
     }
 }
 
+/// The filter for a `RUST_LOG` value: the value itself when it parses, else [`DEFAULT_FILTER`]
+/// together with the parse error (to be logged once the subscriber is up).
+fn filter(spec: Option<&str>) -> (EnvFilter, Option<ParseError>) {
+    match spec.map(EnvFilter::try_new) {
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(e)) => (EnvFilter::new(DEFAULT_FILTER), Some(e)),
+        None => (EnvFilter::new(DEFAULT_FILTER), None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn init_twice_is_harmless() {
+    fn rust_log_is_used_when_valid_and_replaced_when_not() {
+        let (valid, error) = filter(Some("warn,chat4all_gateway=debug"));
+        assert!(error.is_none());
+        assert_eq!(valid.to_string(), "chat4all_gateway=debug,warn");
+        let (fallback, error) = filter(Some("chat4all_gateway=[bad"));
+        assert!(error.is_some(), "an unparsable filter is reported");
+        assert_eq!(fallback.to_string(), DEFAULT_FILTER);
+        let (unset, error) = filter(None);
+        assert!(error.is_none());
+        assert_eq!(unset.to_string(), DEFAULT_FILTER);
+    }
+
+    #[test]
+    fn init_installs_a_subscriber_and_tolerates_a_second_call() {
         let _ = init(LogFormat::Json, None);
+        assert!(
+            tracing::dispatcher::has_been_set(),
+            "a global subscriber is installed"
+        );
         assert!(init(LogFormat::Text, None).unwrap().is_none());
-        tracing::info!(check = true, "telemetry initialised");
+        assert!(tracing::dispatcher::has_been_set());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::{borrow::Cow, cell::RefCell};
 use bytes::Bytes;
 use serde::{
     Deserialize, Deserializer,
-    de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
+    de::{IgnoredAny, MapAccess, Visitor},
 };
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, Tape};
 use thiserror::Error;
@@ -121,16 +121,16 @@ fn inspect(payload: &[u8]) -> Result<Shape, PayloadError> {
 
 /// Slow-path [`inspect`] with `serde_json`, which accepts any syntactically valid number (simd-json
 /// rejects integers beyond 64 bits, as Jackson in the Java gateway does not). Values are skipped,
-/// not materialised.
+/// not materialised, so no number is ever converted.
 fn inspect_slow(payload: &[u8]) -> Result<Shape, PayloadError> {
-    /// Records the top-level keys of an object; `None` for any other JSON value.
+    /// Records the top-level keys of an object.
     struct ShapeVisitor;
 
     impl<'de> Visitor<'de> for ShapeVisitor {
-        type Value = Option<Shape>;
+        type Value = Shape;
 
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("any JSON value")
+            f.write_str("a JSON object")
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
@@ -145,54 +145,31 @@ fn inspect_slow(payload: &[u8]) -> Result<Shape, PayloadError> {
                 shape.has_timestamp |= key == "timestamp";
                 map.next_value::<IgnoredAny>()?;
             }
-            Ok(Some(shape))
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(None)
-        }
-
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok(shape)
         }
     }
 
     /// Wrapper so the visitor can be driven by `serde_json::from_slice` (which checks for
     /// trailing characters).
-    struct Top(Option<Shape>);
+    struct Top(Shape);
 
     impl<'de> Deserialize<'de> for Top {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            deserializer.deserialize_any(ShapeVisitor).map(Top)
+            deserializer.deserialize_map(ShapeVisitor).map(Top)
         }
     }
 
-    match serde_json::from_slice::<Top>(payload) {
-        Ok(Top(Some(shape))) => Ok(shape),
-        Ok(Top(None)) => Err(PayloadError::NotAnObject),
-        Err(_) => Err(PayloadError::NotJson),
+    // Anything but an object is only checked for syntax: a top-level 1e999 is valid JSON that is
+    // not an object, where converting it (as `deserialize_any` would) fails as out of range.
+    if payload.trim_ascii_start().first() != Some(&b'{') {
+        return match serde_json::from_slice::<IgnoredAny>(payload) {
+            Ok(_) => Err(PayloadError::NotAnObject),
+            Err(_) => Err(PayloadError::NotJson),
+        };
     }
+    serde_json::from_slice::<Top>(payload)
+        .map(|Top(shape)| shape)
+        .map_err(|_| PayloadError::NotJson)
 }
 
 /// Validates that `payload` is a JSON object of at most `max_bytes` bytes and adds
@@ -443,6 +420,11 @@ mod tests {
             Err(PayloadError::NotAnObject)
         );
         assert_eq!(norm("18446744073709551616"), Err(PayloadError::NotAnObject));
+        // Found by the fuzzer: a number beyond f64 at the top level is valid JSON, so the label
+        // is not_an_object, not not_json.
+        assert_eq!(norm("1234567890e9990"), Err(PayloadError::NotAnObject));
+        assert_eq!(norm(" -1e999 "), Err(PayloadError::NotAnObject));
+        assert_eq!(norm("1e999 x"), Err(PayloadError::NotJson));
         // Malformed numbers are still rejected by the slow path.
         for payload in [
             r#"{"n":01}"#,
