@@ -4,6 +4,7 @@
 #
 # Usage: scripts/autobahn.sh [--cases "1.*,2.*,..."] [--exclude "9.7.*,..."]
 #                            [--url ws://127.0.0.1:PORT/] [--out DIR] [--timeout SECS]
+#                            [--profile release|dev]
 #
 #   --cases    comma-separated case patterns (default: 1.*,2.*,3.*,4.*,5.*,6.*,7.*,10.*).
 #              Section 9 (limits/performance) only runs when asked for, e.g. --cases "9.*":
@@ -17,6 +18,9 @@
 #   --out      output dir (default: target/autobahn): spec.json, wstest.log, server.log,
 #              report/ (wstest's index.json/index.html and per-case reports), summary.txt.
 #   --timeout  overall wstest timeout in seconds (default: 1800).
+#   --profile  cargo profile the example is built with (default: release, as the documented
+#              command; CI uses dev, which reuses the test build and skips a release build:
+#              conformance does not depend on optimisation, only section 9's timing does).
 #
 # Environment:
 #   AUTOBAHN_VENV        Python 2.7 virtualenv to create/reuse (default: target/autobahn-venv)
@@ -45,6 +49,7 @@ extra_exclude=''
 url=''
 out="$repo_root/target/autobahn"
 timeout_secs=1800
+profile=release
 venv="${AUTOBAHN_VENV:-$repo_root/target/autobahn-venv}"
 agent="${AUTOBAHN_AGENT:-chat4all-gateway}"
 server_wait="${AUTOBAHN_SERVER_WAIT:-60}"
@@ -66,11 +71,14 @@ while (($#)); do
     --out=*) out="${1#*=}"; shift ;;
     --timeout) timeout_secs="${2:?--timeout needs a value}"; shift 2 ;;
     --timeout=*) timeout_secs="${1#*=}"; shift ;;
+    --profile) profile="${2:?--profile needs a value}"; shift 2 ;;
+    --profile=*) profile="${1#*=}"; shift ;;
     -h | --help) usage; exit 0 ;;
     *) log "unknown argument: $1 (see --help)"; exit 2 ;;
   esac
 done
 [[ "$timeout_secs" =~ ^[1-9][0-9]*$ ]] || { log "--timeout must be a positive integer"; exit 2; }
+[[ "$profile" == release || "$profile" == dev ]] || { log "--profile must be release or dev"; exit 2; }
 [[ "$server_wait" =~ ^[1-9][0-9]*$ ]] || { log "AUTOBAHN_SERVER_WAIT must be a positive integer"; exit 2; }
 [[ -z "$url" || "$url" =~ ^wss?:// ]] || { log "--url must start with ws:// or wss://"; exit 2; }
 command -v python3 >/dev/null || die "python3 is needed (virtualenv bootstrap and report parsing)"
@@ -170,10 +178,10 @@ if [[ -z "$url" ]]; then
   if [[ -n "${AUTOBAHN_SERVER_CMD:-}" ]]; then
     read -r -a server_cmd <<<"$AUTOBAHN_SERVER_CMD"
   else
-    log "building the autobahn_echo example"
-    (cd "$repo_root" && cargo build --release --example autobahn_echo) ||
-      die "cargo build --release --example autobahn_echo failed"
-    server_cmd=(cargo run --quiet --release --example autobahn_echo --)
+    log "building the autobahn_echo example ($profile profile)"
+    (cd "$repo_root" && cargo build --profile "$profile" --example autobahn_echo) ||
+      die "cargo build --profile $profile --example autobahn_echo failed"
+    server_cmd=(cargo run --quiet --profile "$profile" --example autobahn_echo --)
   fi
   log "starting ${server_cmd[*]} --port $port (log: $out/server.log)"
   # `cargo run` execs the example on Unix, so this PID is the server's own.
