@@ -30,15 +30,6 @@ pub enum DispatchError {
     QueueFull(usize),
 }
 
-impl DispatchError {
-    /// Metrics label.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DispatchError::QueueFull(_) => "queue_full",
-        }
-    }
-}
-
 /// Producer ends of all shards' delivery rings.
 pub struct Dispatcher {
     /// `rings[i]` feeds shard `i`.

@@ -194,9 +194,32 @@ fn auth_failure(err: &AuthError) -> AuthFailure {
 
 /// The existing deployment's `error_type` label for an authentication failure.
 fn auth_error_type(err: &AuthError) -> ErrorType {
-    match err {
-        AuthError::Missing => ErrorType::MissingToken,
-        AuthError::MissingUserId | AuthError::InvalidUserId => ErrorType::InvalidToken,
-        _ => ErrorType::JwtVerificationFailed,
+    // `AuthError::kind` is the one definition of the grouping; the labels are the same strings.
+    let label = err.kind();
+    ErrorType::ALL
+        .into_iter()
+        .find(|e| e.as_str() == label)
+        .unwrap_or(ErrorType::JwtVerificationFailed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_auth_error_has_its_labelled_error_type() {
+        for (err, want) in [
+            (AuthError::Missing, ErrorType::MissingToken),
+            (AuthError::Malformed, ErrorType::JwtVerificationFailed),
+            (AuthError::BadSignature, ErrorType::JwtVerificationFailed),
+            (AuthError::WrongAlgorithm, ErrorType::JwtVerificationFailed),
+            (AuthError::Expired, ErrorType::JwtVerificationFailed),
+            (AuthError::NotYetValid, ErrorType::JwtVerificationFailed),
+            (AuthError::MissingUserId, ErrorType::InvalidToken),
+            (AuthError::InvalidUserId, ErrorType::InvalidToken),
+        ] {
+            assert_eq!(auth_error_type(&err), want, "{err:?}");
+            assert_eq!(want.as_str(), err.kind());
+        }
     }
 }
