@@ -15,9 +15,12 @@
 #
 # Usage: bench/compare.sh            (about 6-8 minutes; bounded by MAX_TOTAL_SECS)
 # Environment (all optional):
-#   SYSTEMS="chat4all floor rust-tokio node-ws uws"   which systems, in order
+#   SYSTEMS="chat4all floor rust-tokio node-ws uws"   which systems, in order; "baseline" adds
+#                                               BASELINE_BIN, an earlier build of this gateway run
+#                                               the same way (e.g. to show no regression)
 #   PEERS_DIR=../shared/peers                   peer sources (copied, never written)
-#   CACHE_DIR=target/bench-cache                writable peer copies and their builds
+#   CACHE_DIR=~/.cache/chat4all-bench           writable peer copies and their builds (outside this
+#                                               workspace, which cargo would otherwise take them for)
 #   LOADTEST_BIN, GATEWAY_BIN                   prebuilt binaries (else built with cargo --release)
 #   CONNS=10000 CONNS_MAX=19500 RATE=20000 SECS=10 HOLD_SECS=5 MAX_TOTAL_SECS=1140
 set -euo pipefail
@@ -25,7 +28,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SYSTEMS=${SYSTEMS:-"chat4all floor rust-tokio node-ws uws"}
 PEERS_DIR=${PEERS_DIR:-$ROOT/../shared/peers}
-CACHE_DIR=${CACHE_DIR:-$ROOT/target/bench-cache}
+CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/chat4all-bench}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CONNS=${CONNS:-10000}
 CONNS_MAX=${CONNS_MAX:-19500}
@@ -160,6 +163,8 @@ start_system() { # name
   case $1 in
     # Issue 12's goals are for 2 shards and plain TCP; history, once it exists, must be off too.
     chat4all) env "${env[@]}" SHARDS=2 "$GATEWAY_BIN" >"$RUN_DIR/$1.log" 2>&1 </dev/null & ;;
+    # An earlier build of this gateway (BASELINE_BIN), run the same way: "no regression" claims.
+    baseline) env "${env[@]}" SHARDS=2 "$BASELINE_BIN" >"$RUN_DIR/$1.log" 2>&1 </dev/null & ;;
     floor) env "${env[@]}" "$dir/target/release/peer-floor" >"$RUN_DIR/$1.log" 2>&1 </dev/null & ;;
     rust-tokio) env "${env[@]}" "$dir/target/release/peer-rust-tokio" >"$RUN_DIR/$1.log" 2>&1 </dev/null & ;;
     node-ws | uws) env "${env[@]}" node "$dir/gateway.js" >"$RUN_DIR/$1.log" 2>&1 </dev/null & ;;
@@ -304,7 +309,7 @@ print("|---|" + "---|" * len(cols))
 for s, r in rows.items():
     note = f" ({r['note']})" if "note" in r else ""
     print(f"| {s}{note} | " + " | ".join(fmt(c, r[c]) for c in cols) + " |")
-peers = [s for s in rows if s not in ("chat4all", "floor")]
+peers = [s for s in rows if s not in ("chat4all", "floor", "baseline")]
 if "chat4all" in rows and peers:
     cells = []
     for c in cols:
@@ -355,6 +360,8 @@ selected=()
 for s in $SYSTEMS; do
   if [[ $s == chat4all ]]; then
     [[ -n ${GATEWAY_BIN:-} ]] && selected+=("$s")
+  elif [[ $s == baseline ]]; then
+    if [[ -x ${BASELINE_BIN:-} ]]; then selected+=("$s"); else log "baseline needs BASELINE_BIN"; fi
   elif prepare_peer "$s"; then
     selected+=("$s")
   fi
