@@ -71,6 +71,7 @@ pub(crate) mod proto;
 pub(crate) mod reload;
 pub(crate) mod shard;
 pub(crate) mod telemetry;
+pub(crate) mod tls;
 
 /// Internals for benchmarks, fuzz targets, property tests and test-only binaries; not a stable
 /// API. Each line says who needs it.

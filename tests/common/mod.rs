@@ -19,6 +19,7 @@ use tokio_tungstenite::{
 
 pub mod process;
 pub mod redis;
+pub mod tls;
 
 /// The JWT secret every test gateway uses.
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
