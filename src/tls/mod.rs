@@ -60,11 +60,16 @@ impl TlsError {
     pub fn failure(&self) -> TlsFailure {
         use rustls::{Error as E, PeerIncompatible as P};
         match self {
+            // A TLS 1.1 or older ClientHello has no signature_algorithms extension (TLS 1.2
+            // added it), and rustls checks that before the version: so that is how an old
+            // client shows up first (answered handshake_failure; protocol_version when it did
+            // send the extension).
             TlsError::Rustls(E::PeerIncompatible(
                 P::Tls12NotOffered
                 | P::Tls12NotOfferedOrEnabled
                 | P::Tls13RequiredForQuic
-                | P::SupportedVersionsExtensionRequired,
+                | P::SupportedVersionsExtensionRequired
+                | P::SignatureAlgorithmsExtensionRequired,
             )) => TlsFailure::ProtocolVersion,
             TlsError::Rustls(E::PeerIncompatible(_)) => TlsFailure::Incompatible,
             TlsError::Rustls(E::NoApplicationProtocol) => TlsFailure::Alpn,

@@ -38,6 +38,8 @@ pub struct TestGateway {
     pub ws: SocketAddr,
     /// Control-plane address.
     pub control: SocketAddr,
+    /// `WEBSOCKET_PLAIN_PORT`'s address, when served.
+    pub plain: Option<SocketAddr>,
     /// The gateway, when this value owns it.
     gateway: Option<gateway::Gateway>,
 }
@@ -93,6 +95,7 @@ pub fn start_owned(driver: &str, extra: &[&str]) -> (TestGateway, gateway::Gatew
     let test = TestGateway {
         ws,
         control,
+        plain: gw.plain_addr,
         gateway: None,
     };
     (test, gw)

@@ -82,12 +82,16 @@ impl Conn {
     /// Wraps an upgraded socket (and its TLS session, if any).
     pub fn new(stream: impl Into<Socket>, user: Rc<str>, now_ms: u64) -> Self {
         let Socket { tcp: stream, tls } = stream.into();
+        let state = match tls {
+            None => ConnState::new(now_ms),
+            Some(_) => ConnState::new_sealed(now_ms),
+        };
         Self {
             stream,
             user,
             key: Cell::new(u32::MAX),
             tls,
-            state: RefCell::new(ConnState::new(now_ms)),
+            state: RefCell::new(state),
             slot: Cell::new(None),
         }
     }
