@@ -23,7 +23,8 @@
 #
 # Usage: bench/tls.sh          (about 8 minutes with the defaults; bounded by MAX_TOTAL_SECS)
 # Environment (all optional):
-#   SYSTEMS="plain tls nginx"  STORM_SYSTEMS="plain tls"  CERT=ecdsa (or rsa)
+#   SYSTEMS="plain tls nginx"  STORM_SYSTEMS="plain tls" (empty: no storm)  CERT=ecdsa (or rsa)
+#   PHASES="idle rate"         which per-system phases to run (idle: both sizes; rate: fanout)
 #   CONNS=10000 CONNS_MAX=19500 RATE=20000 SECS=10 HOLD_SECS=5 STORM_CONNS=19500
 #   STORM_TIMEOUT=60 MAX_TOTAL_SECS=1800 NGINX=nginx NGINX_WORKERS=4
 #   LOADTEST_BIN, GATEWAY_BIN  prebuilt binaries (else built with cargo --release)
@@ -32,7 +33,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 SYSTEMS=${SYSTEMS:-"plain tls nginx"}
-STORM_SYSTEMS=${STORM_SYSTEMS:-"plain tls"}
+STORM_SYSTEMS=${STORM_SYSTEMS-"plain tls"}
+PHASES=${PHASES-"idle rate"}
 CERT=${CERT:-ecdsa}
 CONNS=${CONNS:-10000}
 CONNS_MAX=${CONNS_MAX:-19500}
@@ -283,18 +285,22 @@ loadtest() { # system tag scenario args...
 }
 
 for sys in $SYSTEMS; do
-  budget || break
-  start_system "$sys"
-  loadtest "$sys" idle10k idle --conns "$CONNS" --connect-rate 0 --hold "$HOLD_SECS"
-  stop_system
-  budget || break
-  start_system "$sys"
-  loadtest "$sys" idlemax idle --conns "$CONNS_MAX" --connect-rate 0 --hold "$HOLD_SECS" --no-verify
-  stop_system
-  budget || break
-  start_system "$sys"
-  loadtest "$sys" rate fanout --conns "$CONNS" --connect-rate 0 --rate "$RATE" --duration "$SECS"
-  stop_system
+  if [[ " $PHASES " == *" idle "* ]]; then
+    budget || break
+    start_system "$sys"
+    loadtest "$sys" idle10k idle --conns "$CONNS" --connect-rate 0 --hold "$HOLD_SECS"
+    stop_system
+    budget || break
+    start_system "$sys"
+    loadtest "$sys" idlemax idle --conns "$CONNS_MAX" --connect-rate 0 --hold "$HOLD_SECS" --no-verify
+    stop_system
+  fi
+  if [[ " $PHASES " == *" rate "* ]]; then
+    budget || break
+    start_system "$sys"
+    loadtest "$sys" rate fanout --conns "$CONNS" --connect-rate 0 --rate "$RATE" --duration "$SECS"
+    stop_system
+  fi
 done
 
 for sys in $STORM_SYSTEMS; do

@@ -159,7 +159,7 @@ pub struct Config {
     ///
     /// Unset: WEBSOCKET_PORT serves plain ws://. Re-read on SIGHUP with the key: new handshakes
     /// get the new certificate, established connections keep their session. Memory cost: about
-    /// 2.4 KiB more per idle connection than plain ws:// (docs/PERFORMANCE.md).
+    /// 3.7 KB more per idle connection than plain ws:// (docs/PERFORMANCE.md).
     #[arg(long, env = "TLS_CERT_FILE")]
     pub tls_cert_file: Option<PathBuf>,
 
