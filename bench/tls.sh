@@ -261,7 +261,7 @@ nginx_cpu_ticks() {
 }
 
 loadtest() { # system tag scenario args...
-  local sys=$1 tag=$2 base peak cpu0 lt
+  local sys=$1 tag=$2 base peak cpu0 lt marked=0
   shift 2
   log "$sys: $tag"
   [[ -n $NG_PID ]] && { base=$(nginx_rss_kb); peak=$base; cpu0=$(nginx_cpu_ticks); }
@@ -274,6 +274,11 @@ loadtest() { # system tag scenario args...
       local now
       now=$(nginx_rss_kb)
       ((now > peak)) && peak=$now
+      # nginx's CPU per delivery counts from the start of publishing, not the handshakes.
+      if ((!marked)) && grep -q '^\[fanout\] started' "$RAW/$sys-$tag.err" 2>/dev/null; then
+        cpu0=$(nginx_cpu_ticks)
+        marked=1
+      fi
     fi
     sleep 0.25
   done
