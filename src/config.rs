@@ -150,6 +150,30 @@ pub struct Config {
     #[arg(long, env = "WEBSOCKET_PORT", default_value_t = 8085, value_parser = parse_u16)]
     pub websocket_port: u16,
 
+    /// A second WebSocket port serving plain ws:// while WEBSOCKET_PORT serves wss:// (needs
+    /// TLS_CERT_FILE; unset: no plain port). For clients that cannot do TLS.
+    #[arg(long, env = "WEBSOCKET_PLAIN_PORT", value_parser = parse_u16)]
+    pub websocket_plain_port: Option<u16>,
+
+    /// PEM certificate chain (leaf first) for wss:// on WEBSOCKET_PORT; with TLS_KEY_FILE.
+    ///
+    /// Unset: WEBSOCKET_PORT serves plain ws://. Re-read on SIGHUP with the key: new handshakes
+    /// get the new certificate, established connections keep their session. Memory cost: about
+    /// 3.7 KB more per idle connection than plain ws:// (docs/PERFORMANCE.md).
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of TLS_CERT_FILE's first certificate.
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Session-ticket keys shared by every process that reads this file, one per line as 64 hex
+    /// digits (`openssl rand -hex 32`); the first encrypts new tickets, every listed key
+    /// decrypts. Re-read on SIGHUP. Unset: random keys per process (resumption then works only
+    /// with the same process).
+    #[arg(long, env = "TLS_TICKET_KEY_FILE")]
+    pub tls_ticket_key_file: Option<PathBuf>,
+
     /// Internal port for metrics, health checks and the publish API (0 = ephemeral).
     ///
     /// Kept apart from the public port so it can be firewalled off.
@@ -477,6 +501,9 @@ impl Config {
             &mut self.jwt_public_key_file,
             &mut self.jwt_secret_file,
             &mut self.log_filter_file,
+            &mut self.tls_cert_file,
+            &mut self.tls_key_file,
+            &mut self.tls_ticket_key_file,
         ] {
             if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
                 *path = None;
@@ -493,6 +520,7 @@ impl Config {
             problems.push(ConfigError::Invalid { var, flag, message });
         };
         self.validate_jwt(&mut bad);
+        self.validate_tls(&mut bad);
         if self.websocket_port == self.metrics_port && self.websocket_port != 0 {
             let port = self.metrics_port;
             bad(
@@ -720,6 +748,51 @@ impl Config {
         }
     }
 
+    /// The TLS files are read and checked here, before any bind, by the same code a start and
+    /// a SIGHUP reload use (`tls::Credentials::load`, `tls::TicketKeys::load`).
+    fn validate_tls(&self, bad: &mut impl FnMut(&str, String)) {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => {
+                if self.tls_ticket_key_file.is_some() {
+                    bad(
+                        "tls_ticket_key_file",
+                        "needs TLS_CERT_FILE and TLS_KEY_FILE (wss://)".into(),
+                    );
+                }
+                if self.websocket_plain_port.is_some() {
+                    bad(
+                        "websocket_plain_port",
+                        "needs TLS_CERT_FILE and TLS_KEY_FILE: without TLS, WEBSOCKET_PORT \
+                         already serves ws://"
+                            .into(),
+                    );
+                }
+                return;
+            }
+            (Some(_), None) => bad("tls_key_file", "required when TLS_CERT_FILE is set".into()),
+            (None, Some(_)) => bad("tls_cert_file", "required when TLS_KEY_FILE is set".into()),
+            (Some(cert), Some(key)) => {
+                if let Err(err) = crate::tls::Credentials::load(cert, key) {
+                    bad(err.variable(), err.to_string());
+                }
+            }
+        }
+        if let Some(path) = &self.tls_ticket_key_file
+            && let Err(err) = crate::tls::TicketKeys::load(path)
+        {
+            bad("tls_ticket_key_file", err.to_string());
+        }
+        if let Some(port) = self.websocket_plain_port
+            && port != 0
+            && (port == self.websocket_port || port == self.metrics_port)
+        {
+            bad(
+                "websocket_plain_port",
+                format!("{port} is also WEBSOCKET_PORT or METRICS_PORT; use its own port"),
+            );
+        }
+    }
+
     fn validate_redis(&self, bad: &mut impl FnMut(&str, String)) {
         if let Some(url) = &self.redis_url {
             // The URL may hold a password: never echo it.
@@ -788,6 +861,14 @@ impl Config {
         };
         vec![
             (n("websocket_port"), self.websocket_port.to_string()),
+            (
+                n("websocket_plain_port"),
+                self.websocket_plain_port
+                    .map_or_else(|| UNSET.into(), |p| p.to_string()),
+            ),
+            (n("tls_cert_file"), path(&self.tls_cert_file)),
+            (n("tls_key_file"), path(&self.tls_key_file)),
+            (n("tls_ticket_key_file"), path(&self.tls_ticket_key_file)),
             (n("metrics_port"), self.metrics_port.to_string()),
             (n("bind_host"), self.bind_host.to_string()),
             (n("metrics_bind_host"), self.metrics_bind_host.to_string()),
@@ -1237,6 +1318,10 @@ mod tests {
     /// Every variable with a non-default value.
     const ENV: &[(&str, &str)] = &[
         ("WEBSOCKET_PORT", "1234"),
+        ("WEBSOCKET_PLAIN_PORT", "1236"),
+        ("TLS_CERT_FILE", "/etc/tls/cert.pem"),
+        ("TLS_KEY_FILE", "/etc/tls/key.pem"),
+        ("TLS_TICKET_KEY_FILE", "/etc/tls/tickets"),
         ("METRICS_PORT", "1235"),
         ("BIND_HOST", "127.0.0.1"),
         ("METRICS_BIND_HOST", "::1"),
@@ -1306,6 +1391,13 @@ mod tests {
         }
         let c = Config::try_parse_from(["chat4all-gateway"]).unwrap();
         assert_eq!(c.websocket_port, 1234);
+        assert_eq!(c.websocket_plain_port, Some(1236));
+        assert_eq!(c.tls_cert_file, Some(PathBuf::from("/etc/tls/cert.pem")));
+        assert_eq!(c.tls_key_file, Some(PathBuf::from("/etc/tls/key.pem")));
+        assert_eq!(
+            c.tls_ticket_key_file,
+            Some(PathBuf::from("/etc/tls/tickets"))
+        );
         assert_eq!(c.metrics_port, 1235);
         assert_eq!(c.bind_host.to_string(), "127.0.0.1");
         assert_eq!(c.metrics_bind_host.to_string(), "::1");
@@ -1784,7 +1876,7 @@ mod tests {
         }
         c.jwt_secret = None;
         assert_eq!(
-            c.redacted_summary()[7],
+            c.redacted_summary()[11],
             ("JWT_SECRET", "<unset>".to_string())
         );
 

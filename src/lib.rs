@@ -71,6 +71,7 @@ pub(crate) mod proto;
 pub(crate) mod reload;
 pub(crate) mod shard;
 pub(crate) mod telemetry;
+pub(crate) mod tls;
 
 /// Internals for benchmarks, fuzz targets, property tests and test-only binaries; not a stable
 /// API. Each line says who needs it.
@@ -86,6 +87,12 @@ pub mod internals {
     // The conformance echo server (examples/autobahn_echo.rs): the gateway's connection code
     // with an echo message handler; never started by the gateway.
     pub use crate::shard::{Driver, echo::serve as serve_echo};
+    // Benchmarks (bench/tls.rs): the server side of a wss:// session, in memory.
+    pub use crate::tls::{
+        Acceptor, Session,
+        acceptor::Files as TlsFiles,
+        session::{MAX_PENDING, Received},
+    };
     // The docs test lists the exported metric families.
     pub use crate::metrics::Metrics;
     // The pure protocol layer: benchmarks, fuzz targets and tests that sign tokens.

@@ -184,6 +184,42 @@ label_enum! {
 }
 
 label_enum! {
+    /// Why a TLS handshake on the wss:// port failed (`reason` label).
+    TlsFailure("reason") {
+        /// A plain HTTP request on the TLS port: answered with a plaintext 400.
+        PlaintextHttp => "plaintext_http",
+        /// Neither TLS nor HTTP: closed.
+        NotTls => "not_tls",
+        /// The client offered no version the gateway speaks (TLS 1.0/1.1, SSL).
+        ProtocolVersion => "protocol_version",
+        /// No cipher suite, group or signature scheme in common.
+        Incompatible => "incompatible",
+        /// The client offered ALPN protocols without http/1.1.
+        Alpn => "alpn",
+        /// The client sent an alert (for example it refused the certificate).
+        PeerAlert => "peer_alert",
+        /// Malformed or unexpected TLS messages.
+        BadMessage => "bad_message",
+        /// The client closed or reset the connection mid-handshake.
+        Eof => "eof",
+        /// HANDSHAKE_TIMEOUT expired during the TLS handshake.
+        TimedOut => "timed_out",
+        /// Anything else.
+        Other => "other",
+    }
+}
+
+label_enum! {
+    /// The TLS version of a completed handshake (`version` label).
+    TlsVersion("version") {
+        /// TLS 1.2.
+        Tls12 => "1.2",
+        /// TLS 1.3.
+        Tls13 => "1.3",
+    }
+}
+
+label_enum! {
     /// accept(2) failures (`error` label).
     AcceptError("error") {
         /// Out of file descriptors (EMFILE/ENFILE); the accept loop backs off.
@@ -332,6 +368,12 @@ pub struct ShardStats {
     pub subscribe_waits: [AtomicU64; SubscribeWait::N],
     /// Per-user mode: upgrades waiting for their channel now.
     pub subscribe_waiting: AtomicI64,
+    /// wss:// handshakes that failed, by [`TlsFailure`].
+    pub tls_failures: [AtomicU64; TlsFailure::N],
+    /// wss:// handshakes completed, by [`TlsVersion`].
+    pub tls_handshakes: [AtomicU64; TlsVersion::N],
+    /// Of those, the ones resumed from a session ticket.
+    pub tls_resumed: AtomicU64,
 }
 
 impl ShardStats {
@@ -413,6 +455,21 @@ impl ShardStats {
         self.handoffs_in.fetch_add(1, Relaxed);
     }
 
+    /// Counts a failed TLS handshake.
+    #[inline]
+    pub fn inc_tls_failure(&self, r: TlsFailure) {
+        self.tls_failures[r as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a completed TLS handshake.
+    #[inline]
+    pub fn inc_tls_handshake(&self, v: TlsVersion, resumed: bool) {
+        self.tls_handshakes[v as usize].fetch_add(1, Relaxed);
+        if resumed {
+            self.tls_resumed.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Adds this shard's values into `total` (scrape time only).
     fn add_into(&self, total: &ShardStats) {
         let u = |to: &AtomicU64, from: &AtomicU64| _ = to.fetch_add(from.load(Relaxed), Relaxed);
@@ -423,11 +480,14 @@ impl ShardStats {
         u(&total.notifications_sent, &self.notifications_sent);
         u(&total.slow_consumers_closed, &self.slow_consumers_closed);
         u(&total.handoffs_in, &self.handoffs_in);
+        u(&total.tls_resumed, &self.tls_resumed);
         u(
             &total.delivery_latency.sum_us,
             &self.delivery_latency.sum_us,
         );
-        let arrays: [(&[AtomicU64], &[AtomicU64]); 8] = [
+        let arrays: [(&[AtomicU64], &[AtomicU64]); 10] = [
+            (&total.tls_failures, &self.tls_failures),
+            (&total.tls_handshakes, &self.tls_handshakes),
             (&total.subscribe_waits, &self.subscribe_waits),
             (&total.connection_errors, &self.connection_errors),
             (&total.handshakes, &self.handshakes),
@@ -634,6 +694,18 @@ const LATENCY: Family = (
     "notification_delivery_latency_seconds",
     "Time from a notification's arrival at the gateway to its complete write into a client socket, one observation per connection written to.",
 );
+const TLS_FAILURES: Family = (
+    "websocket_tls_handshake_failures",
+    "wss:// handshakes that failed, by reason.",
+);
+const TLS_HANDSHAKES: Family = (
+    "websocket_tls_handshakes",
+    "wss:// handshakes completed, by TLS version.",
+);
+const TLS_RESUMED: Family = (
+    "websocket_tls_resumed_handshakes",
+    "wss:// handshakes resumed from a session ticket (no certificate sent).",
+);
 const REDIS_EVENTS: Family = ("redis_events_consumed", "Messages received from Redis.");
 const REDIS_ERRORS: Family = ("redis_errors", "Redis failures by type.");
 const REDIS_CONNECTED: Family = ("redis_connected", "1 while subscribed to Redis, else 0.");
@@ -727,6 +799,9 @@ impl Collector for GatewayCollector {
         gauge(e, OUTBOX, &t.outbox_bytes)?;
         labelled::<AcceptError>(e, ACCEPT, &t.accept_errors)?;
         counter(e, HANDOFFS, &t.handoffs_in)?;
+        labelled::<TlsFailure>(e, TLS_FAILURES, &t.tls_failures)?;
+        labelled::<TlsVersion>(e, TLS_HANDSHAKES, &t.tls_handshakes)?;
+        counter(e, TLS_RESUMED, &t.tls_resumed)?;
         let h = &t.delivery_latency;
         let bounds = LATENCY_BUCKETS_US.iter().map(|&us| us as f64 / 1e6);
         let buckets: Vec<(f64, u64)> = bounds
@@ -772,7 +847,7 @@ mod tests {
     use super::*;
 
     /// (family name as in `# HELP`/`# TYPE`, type) for every exported family.
-    const FAMILIES: [(&str, &str); 27] = [
+    const FAMILIES: [(&str, &str); 30] = [
         ("websocket_connections_active", "gauge"),
         ("websocket_connections_per_shard", "gauge"),
         ("notifications_sent", "counter"),
@@ -785,6 +860,9 @@ mod tests {
         ("websocket_outbox_bytes", "gauge"),
         ("websocket_accept_errors", "counter"),
         ("websocket_handoffs", "counter"),
+        ("websocket_tls_handshake_failures", "counter"),
+        ("websocket_tls_handshakes", "counter"),
+        ("websocket_tls_resumed_handshakes", "counter"),
         ("notification_delivery_latency_seconds", "histogram"),
         ("redis_events_consumed", "counter"),
         ("redis_errors", "counter"),

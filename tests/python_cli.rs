@@ -10,13 +10,39 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_websocket_client_works_unchanged() {
     let gw = start("io-uring", &[]);
+    let url = format!("ws://{}/notifications", gw.ws);
+    run_cli_compat(&gw, url, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_websocket_client_over_wss_with_a_ca_file() {
+    for driver in ["io-uring", "epoll"] {
+        let certs = common::tls::Certs::new("python");
+        let flags = certs.flags();
+        let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let gw = start(driver, &args);
+        // The name the certificate is for: Python checks it against the CA-signed chain.
+        let url = format!("wss://localhost:{}/notifications", gw.ws.port());
+        run_cli_compat(&gw, url, Some(certs.ca.display().to_string())).await;
+        assert_eq!(
+            gw.metric(r#"websocket_tls_handshakes_total{version="1.3"}"#)
+                .await,
+            1.0
+        );
+    }
+}
+
+/// Runs tests/python/cli_compat.py against `url` (without the token), trusting `ca` for
+/// wss://, and checks what it received.
+async fn run_cli_compat(gw: &TestGateway, url: String, ca: Option<String>) {
     let token = api_service_token("pyuser");
-    let url = format!("ws://{}/notifications?token={token}", gw.ws);
+    let url = format!("{url}?token={token}");
     let publish = format!("http://{}/v1/publish", gw.control);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/cli_compat.py");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
             .args([script, &url, &publish, "pyuser"])
+            .args(ca)
             .output()
             .expect("python3 runs (apt-get install python3; scripts/test.sh installs it)")
     })

@@ -77,6 +77,9 @@ pub fn run() -> ExitCode {
         reloader.add(filter);
     }
     reloader.add(keys::JwtKeyReload::new(&cfg, generated, gw.shared.clone()));
+    if let Some(acceptor) = &gw.tls {
+        reloader.add(crate::tls::TlsReload(acceptor.clone()));
+    }
 
     let summary: Vec<String> = cfg
         .redacted_summary()
@@ -84,9 +87,12 @@ pub fn run() -> ExitCode {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     tracing::info!(config = %summary.join(" "), "effective configuration");
+    let scheme = if gw.tls.is_some() { "wss" } else { "ws" };
+    let plain = gw.plain_addr.map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
-        websocket = %gw.ws_addr, control = %gw.control_addr, driver = gw.driver.as_str(),
-        shards = gw.shards, max_connections = gw.max_connections, "gateway listening"
+        websocket = %gw.ws_addr, scheme, plain_websocket = %plain, control = %gw.control_addr,
+        driver = gw.driver.as_str(), shards = gw.shards, max_connections = gw.max_connections,
+        "gateway listening"
     );
     if let Some(secret) = &dev_secret {
         println!("{}", dev::banner(secret, gw.ws_addr, gw.control_addr, &cfg));

@@ -50,6 +50,7 @@ use crate::{
         shared::{Shared, Slots},
         subscription::Gate,
     },
+    tls::{Acceptor, acceptor::Files},
 };
 
 /// Slots of each shard-to-shard hand-off ring (connections in transit; a full ring answers 503).
@@ -84,6 +85,9 @@ pub enum StartError {
         /// Why.
         source: io::Error,
     },
+    /// The TLS certificate, key or ticket keys are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The Redis settings do not describe a reachable server.
     #[error("Redis configuration: {0}")]
     Redis(#[from] TargetError),
@@ -104,8 +108,12 @@ pub enum StartError {
 
 /// A running gateway.
 pub struct Gateway {
-    /// Where WebSocket clients connect.
+    /// Where WebSocket clients connect (wss:// when `tls` is set).
     pub ws_addr: SocketAddr,
+    /// `WEBSOCKET_PLAIN_PORT`'s address, when it is served.
+    pub plain_addr: Option<SocketAddr>,
+    /// The TLS configuration in force, when `WEBSOCKET_PORT` serves wss://.
+    pub tls: Option<Arc<Acceptor>>,
     /// Where the control plane listens.
     pub control_addr: SocketAddr,
     /// The I/O driver the shards run.
@@ -214,10 +222,32 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     let max_connections = max_connections(cfg, nofile, shards);
 
-    let ws_listeners = bind_shard_listeners(cfg, shards)?;
+    let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            Acceptor::new(Files {
+                cert: cert.clone(),
+                key: key.clone(),
+                tickets: cfg.tls_ticket_key_file.clone(),
+            })
+            .map_err(StartError::Tls)?,
+        )),
+        _ => None,
+    };
+
+    let ws_listeners = bind_shard_listeners(cfg, cfg.websocket_port, shards)?;
     let ws_addr = ws_listeners[0]
         .local_addr()
         .expect("bound socket has an address");
+    let mut plain_listeners = match cfg.websocket_plain_port {
+        Some(port) => bind_shard_listeners(cfg, port, shards)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => (0..shards).map(|_| None).collect::<Vec<_>>(),
+    };
+    let plain_addr = plain_listeners[0]
+        .as_ref()
+        .map(|l| l.local_addr().expect("bound socket has an address"));
     let control_addr = SocketAddr::new(cfg.metrics_bind_host, cfg.metrics_port);
     let control = bind(control_addr, false, 1024).map_err(|source| StartError::Bind {
         what: "control port (METRICS_PORT)",
@@ -291,6 +321,8 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
             core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
             driver,
             listener,
+            tls: tls.clone(),
+            plain_listener: plain_listeners[id].take(),
             limits: limits(cfg),
             shared: shared.clone(),
             inbox: Inbox {
@@ -402,6 +434,8 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
     })?;
     Ok(Gateway {
         ws_addr,
+        plain_addr,
+        tls,
         control_addr,
         driver,
         shards,
@@ -415,12 +449,21 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
 
 /// One listener per shard on the same address with `SO_REUSEPORT`, so the kernel spreads
 /// connections across shards. With port 0 the first bind picks the port and the others join it.
-fn bind_shard_listeners(cfg: &Config, shards: usize) -> Result<Vec<StdListener>, StartError> {
-    let mut addr = SocketAddr::new(cfg.bind_host, cfg.websocket_port);
+fn bind_shard_listeners(
+    cfg: &Config,
+    port: u16,
+    shards: usize,
+) -> Result<Vec<StdListener>, StartError> {
+    let what = if port == cfg.websocket_port {
+        "WebSocket port (WEBSOCKET_PORT)"
+    } else {
+        "plain WebSocket port (WEBSOCKET_PLAIN_PORT)"
+    };
+    let mut addr = SocketAddr::new(cfg.bind_host, port);
     let mut listeners = Vec::with_capacity(shards);
     for _ in 0..shards {
         let l = bind(addr, true, cfg.listen_backlog).map_err(|source| StartError::Bind {
-            what: "WebSocket port (WEBSOCKET_PORT)",
+            what,
             addr,
             source,
         })?;

@@ -7,6 +7,8 @@
 //!   socket's lifetime (monoio exposes only `AsRawFd`), and taking it out as an `OwnedFd` for a
 //!   hand-off between shards;
 //! - viewing the shard's initialised scratch buffer as `MaybeUninit` for socket2's `recv`;
+//! - viewing the same buffer as `MaybeUninit` for a `MSG_PEEK` (the first byte of a wss://
+//!   connection);
 //! - `setpriority(2)` for the Redis subscriber thread, which no safe crate wraps per thread.
 
 pub mod doorbell;

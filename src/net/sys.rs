@@ -50,6 +50,15 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     retry(|| SockRef::from(&fd).recv_with_flags(uninit, libc::MSG_DONTWAIT))
 }
 
+/// Looks at what is available without consuming it or blocking (`MSG_PEEK`): how a wss://
+/// port tells a TLS ClientHello from a plain HTTP request by its first byte. `Ok(0)` is end of
+/// stream; `WouldBlock` means nothing arrived yet.
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: as in `recv`: `recv(2)` only writes initialised bytes into the slice.
+    let uninit = unsafe { &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [MaybeUninit<u8>]) };
+    retry(|| SockRef::from(&fd).recv_with_flags(uninit, libc::MSG_DONTWAIT | libc::MSG_PEEK))
+}
+
 /// Writes as much of `bufs` as the socket's send buffer takes, without blocking and without
 /// raising `SIGPIPE`. Returns the number of bytes written; `WouldBlock` means none fit.
 pub fn send_vectored(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -129,6 +138,22 @@ mod tests {
             }
         };
         assert_eq!(&buf[..n], b"hello");
+    }
+
+    #[test]
+    fn peek_leaves_the_bytes_for_the_next_read() {
+        let (mut a, b) = pair();
+        let mut buf = [0u8; 1];
+        let err = peek(b.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        a.write_all(b"\x16rest").unwrap();
+        while peek(b.as_fd(), &mut buf).is_err() {
+            std::thread::yield_now();
+        }
+        assert_eq!(buf, [0x16]);
+        let mut all = [0u8; 5];
+        assert_eq!(recv(b.as_fd(), &mut all).unwrap(), 5);
+        assert_eq!(&all, b"\x16rest");
     }
 
     #[test]

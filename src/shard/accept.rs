@@ -21,7 +21,7 @@ const ACCEPTS_PER_TURN: usize = 64;
 /// Accepts until the process drains: the inbox then cancels the pending accept through `stop`
 /// (an io_uring or epoll cancellation, never an action on a descriptor this task may already
 /// have closed), and the listener is dropped here.
-pub async fn run(shard: Rc<Shard>, listener: TcpListener, stop: CancelHandle) {
+pub async fn run(shard: Rc<Shard>, listener: TcpListener, stop: CancelHandle, tls: bool) {
     let mut backoff = MIN_BACKOFF;
     let mut accepted = 0;
     while !shard.draining() {
@@ -34,7 +34,7 @@ pub async fn run(shard: Rc<Shard>, listener: TcpListener, stop: CancelHandle) {
             Ok((stream, peer)) => {
                 backoff = MIN_BACKOFF;
                 accepted += 1;
-                monoio::spawn(serve(shard.clone(), stream, peer.ip()));
+                monoio::spawn(serve(shard.clone(), stream, peer.ip(), tls));
             }
             // The drain cancelled this accept.
             Err(_) if shard.draining() => break,
@@ -54,9 +54,9 @@ pub async fn run(shard: Rc<Shard>, listener: TcpListener, stop: CancelHandle) {
     }
 }
 
-/// The task of one accepted socket: admission, then its session.
-async fn serve(shard: Rc<Shard>, stream: monoio::net::TcpStream, peer: IpAddr) {
-    if let Some(admitted) = admission::admit(&shard, stream, peer).await {
+/// The task of one accepted socket: admission (over TLS when `tls`), then its session.
+async fn serve(shard: Rc<Shard>, stream: monoio::net::TcpStream, peer: IpAddr, tls: bool) {
+    if let Some(admitted) = admission::admit(&shard, stream, peer, tls).await {
         session::open(&shard, admitted).await;
     }
 }

@@ -167,7 +167,7 @@ async fn read_upgrade(
             }
             Err(err) => {
                 let (status, label, message) = (err.status(), err.kind(), err.to_string());
-                refusal::refuse(shard, stream, status, label, &message).await;
+                refusal::refuse(shard, stream.into(), status, label, &message).await;
                 return Ok(None);
             }
         }

@@ -9,13 +9,15 @@
 
 use std::{os::fd::OwnedFd, sync::Arc};
 
-use super::shared::Slot;
+use super::{shared::Slot, socket::Tls};
 use crate::{net::doorbell::Doorbell, proto::user::UserId};
 
 /// A connection in transit between shards.
 pub struct Handoff {
     /// The client socket, upgrade not yet answered.
     pub fd: OwnedFd,
+    /// Its TLS session (wss://: the accepting shard did the handshake), moving with it.
+    pub tls: Option<Tls>,
     /// The authenticated user.
     pub user: UserId,
     /// `Sec-WebSocket-Accept` for the 101 response.
@@ -74,7 +76,7 @@ mod tests {
         let size = std::mem::size_of::<Handoff>();
         eprintln!("Handoff {size} B");
         assert!(
-            size <= 96,
+            size <= 104,
             "Handoff grew to {size} B; update docs/architecture.md"
         );
     }

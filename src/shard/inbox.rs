@@ -233,6 +233,7 @@ mod tests {
                 // The server end of a real connection, as another shard would hand it over.
                 let handoff = Handoff {
                     fd: sockets.accepted().into(),
+                    tls: None,
                     user: UserId::new(format!("user{i}")).unwrap(),
                     accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
                     leftover: Vec::new(),

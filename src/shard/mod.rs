@@ -19,10 +19,13 @@ pub mod refusal;
 pub mod registry;
 pub mod session;
 pub mod shared;
+pub mod socket;
 pub mod subscription;
 pub mod sweep;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod tls_admission;
+pub mod tls_reader;
 
 use std::{
     cell::RefCell,
@@ -35,11 +38,12 @@ use std::{
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use self::{handoff::Outlets, inbox::Inbox, registry::Registry, shared::Shared};
+use self::{handoff::Outlets, inbox::Inbox, registry::Registry, shared::Shared, socket::ShardTls};
 use crate::{
     metrics::ShardStats,
     net::turn::Turn,
     proto::{frame, upgrade::HandshakeConfig},
+    tls::Acceptor,
 };
 
 /// Size of the shard's one read buffer, shared by all its connections (reads are synchronous
@@ -120,6 +124,9 @@ pub struct Shard {
     pub turn: Rc<Turn>,
     /// Token deadlines of the connections (only with `TOKEN_EXPIRY_CLOSE`; empty otherwise).
     pub expiries: RefCell<expiry::Expiries>,
+    /// wss://: the TLS configuration and the buffers TLS connections borrow (`None` without
+    /// TLS, so a plain gateway allocates nothing for it).
+    pub tls: Option<ShardTls>,
 }
 
 impl Shard {
@@ -146,6 +153,7 @@ impl Shard {
             stop_accepting: RefCell::new(None),
             turn: Turn::start()?,
             expiries: RefCell::default(),
+            tls: None,
         })
     }
 
@@ -183,8 +191,12 @@ pub struct ShardSetup {
     pub core: Option<core_affinity::CoreId>,
     /// I/O driver to build.
     pub driver: Driver,
-    /// Its bound, listening `SO_REUSEPORT` socket.
+    /// Its bound, listening `SO_REUSEPORT` socket on `WEBSOCKET_PORT` (wss:// when `tls`).
     pub listener: StdListener,
+    /// The TLS configuration when `WEBSOCKET_PORT` serves wss://.
+    pub tls: Option<Arc<Acceptor>>,
+    /// Its listener on `WEBSOCKET_PLAIN_PORT` (plain ws:// beside wss://), if configured.
+    pub plain_listener: Option<StdListener>,
     /// Connection limits.
     pub limits: Limits,
     /// Process-wide state.
@@ -227,18 +239,28 @@ pub fn run(setup: ShardSetup) -> io::Result<()> {
 /// The shard's main future: starts its tasks and serves the inbox until shutdown.
 async fn main(setup: ShardSetup) -> io::Result<()> {
     let listener = monoio::net::TcpListener::from_std(setup.listener)?;
-    let shard = Rc::new(Shard::new(
+    let plain_listener = match setup.plain_listener {
+        Some(l) => Some(monoio::net::TcpListener::from_std(l)?),
+        None => None,
+    };
+    let mut shard = Shard::new(
         setup.id,
         setup.limits,
         setup.shared,
         setup.outlets,
         setup.subscription,
-    )?);
+    )?;
+    let tls = setup.tls.is_some();
+    shard.tls = setup.tls.map(ShardTls::new);
+    let shard = Rc::new(shard);
     let _ = setup.ready.send(Ok(setup.id));
     let canceller = monoio::io::Canceller::new();
     let stop = canceller.handle();
     *shard.stop_accepting.borrow_mut() = Some(canceller);
-    monoio::spawn(accept::run(shard.clone(), listener, stop));
+    if let Some(plain) = plain_listener {
+        monoio::spawn(accept::run(shard.clone(), plain, stop.clone(), false));
+    }
+    monoio::spawn(accept::run(shard.clone(), listener, stop, tls));
     monoio::spawn(sweep::run(shard.clone()));
     if shard.subscription.is_some() {
         monoio::spawn(subscription::run(shard.clone()));

@@ -1,12 +1,11 @@
 //! Refusing an upgrade: an HTTP error response with a JSON body, the write side shut, and a short
 //! linger so the client can read it before the socket closes (closing with unread input would
-//! reset the connection and could destroy the response).
+//! reset the connection and could destroy the response). On the wss:// port the response is
+//! encrypted and followed by close_notify.
 
 use std::{io, net::Shutdown, time::Duration};
 
-use monoio::net::TcpStream;
-
-use super::Shard;
+use super::{Shard, socket::Socket};
 use crate::{
     metrics::HandshakeOutcome,
     net::sys,
@@ -20,14 +19,14 @@ const LINGER: Duration = Duration::from_millis(500);
 const LINGER_READS: usize = 16;
 
 /// Answers with an HTTP error and closes, lingering as described above.
-pub async fn refuse(shard: &Shard, stream: TcpStream, status: Status, label: &str, message: &str) {
+pub async fn refuse(shard: &Shard, stream: Socket, status: Status, label: &str, message: &str) {
     refuse_with(shard, stream, status, label, message, true).await;
 }
 
 /// [`refuse`], lingering only when `linger` (else closing right after the response).
 pub async fn refuse_with(
     shard: &Shard,
-    stream: TcpStream,
+    stream: Socket,
     status: Status,
     label: &str,
     message: &str,
@@ -36,8 +35,13 @@ pub async fn refuse_with(
     shard.stats.inc_handshake(HandshakeOutcome::Refused);
     let mut response = Vec::with_capacity(256);
     upgrade::write_refusal(status, label, message, &mut response);
+    let Socket { tcp: stream, tls } = stream;
     let fd = sys::borrow(&stream);
-    if sys::send(fd, &response).is_err() {
+    let sent = match &tls {
+        None => sys::send(fd, &response).map(drop),
+        Some(tls) => super::tls_admission::send_sealed(shard, &stream, tls, &response),
+    };
+    if sent.is_err() {
         return;
     }
     sys::shutdown(fd, Shutdown::Write);

@@ -9,7 +9,7 @@ use monoio::net::TcpStream;
 
 use super::{
     Shard, admission::Admitted, conn::Conn, expiry, handoff::Handoff, reader, refusal,
-    shared::Slot, subscription,
+    shared::Slot, socket::Socket, subscription,
 };
 use crate::{
     clock,
@@ -52,7 +52,8 @@ pub async fn open(shard: &Rc<Shard>, admitted: Admitted) {
         return;
     }
     let handoff = Handoff {
-        fd: sys::into_owned(admitted.stream),
+        fd: sys::into_owned(admitted.stream.tcp),
+        tls: admitted.stream.tls,
         user: admitted.user,
         accept_key: admitted.accept_key,
         leftover: admitted.leftover,
@@ -73,9 +74,12 @@ pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
         .set_nonblocking(true)
         .and_then(|()| TcpStream::from_std(std_stream));
     match stream {
-        Ok(stream) => establish(
+        Ok(tcp) => establish(
             shard,
-            stream,
+            Socket {
+                tcp,
+                tls: handoff.tls,
+            },
             Rc::from(handoff.user.as_str()),
             handoff.accept_key,
             handoff.leftover,
@@ -93,7 +97,7 @@ pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
 /// wait in a task of its own, or refuse with 503), else at once.
 fn establish(
     shard: &Rc<Shard>,
-    stream: TcpStream,
+    stream: Socket,
     user: Rc<str>,
     accept_key: String,
     leftover: Vec<u8>,
@@ -119,7 +123,7 @@ fn establish(
 /// that follows reaches the client after `connected`.
 fn greet(
     shard: &Rc<Shard>,
-    stream: TcpStream,
+    stream: Socket,
     user: Rc<str>,
     accept_key: &str,
     leftover: Vec<u8>,
@@ -127,7 +131,7 @@ fn greet(
     expires_at: Option<u64>,
 ) {
     // Small writes: disable Nagle so a notification leaves at once.
-    let _ = stream.set_nodelay(true);
+    let _ = stream.tcp.set_nodelay(true);
     let conn = Rc::new(Conn::new(stream, user, shard.now_ms()));
     let inserted = shard
         .registry

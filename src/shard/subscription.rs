@@ -27,10 +27,9 @@ use std::{
     time::Duration,
 };
 
-use monoio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Shard, refusal};
+use super::{Shard, refusal, socket::Socket};
 use crate::{
     fanout::redis::{
         membership::{Answer, Event, Ticket},
@@ -175,9 +174,9 @@ impl Gate {
 /// Runs `then` with the stream once `user`'s channel is subscribed: at once when there is
 /// nothing to wait for, else in a task of its own after the wait; or answers 503 (dropping
 /// `then`, and with it the connection's slot).
-pub fn when_subscribed<F>(shard: &Rc<Shard>, user: Rc<str>, stream: TcpStream, then: F)
+pub fn when_subscribed<F>(shard: &Rc<Shard>, user: Rc<str>, stream: Socket, then: F)
 where
-    F: FnOnce(TcpStream, Rc<str>) + 'static,
+    F: FnOnce(Socket, Rc<str>) + 'static,
 {
     let Some(gate) = &shard.subscription else {
         return then(stream, user);
@@ -235,7 +234,7 @@ async fn wait(verdict: oneshot::Receiver<Verdict>, limit: Duration) -> Result<()
     }
 }
 
-async fn refuse(shard: &Shard, stream: TcpStream, refusal: Refusal) {
+async fn refuse(shard: &Shard, stream: Socket, refusal: Refusal) {
     let (metric, label, message) = match refusal {
         Refusal::TimedOut => (
             SubscribeWait::TimedOut,

@@ -19,6 +19,7 @@ use tokio_tungstenite::{
 
 pub mod process;
 pub mod redis;
+pub mod tls;
 
 /// The JWT secret every test gateway uses.
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
@@ -37,6 +38,8 @@ pub struct TestGateway {
     pub ws: SocketAddr,
     /// Control-plane address.
     pub control: SocketAddr,
+    /// `WEBSOCKET_PLAIN_PORT`'s address, when served.
+    pub plain: Option<SocketAddr>,
     /// The gateway, when this value owns it.
     gateway: Option<gateway::Gateway>,
 }
@@ -92,6 +95,7 @@ pub fn start_owned(driver: &str, extra: &[&str]) -> (TestGateway, gateway::Gatew
     let test = TestGateway {
         ws,
         control,
+        plain: gw.plain_addr,
         gateway: None,
     };
     (test, gw)

@@ -1,5 +1,6 @@
 """Behaves like the existing Chat4All Python CLI: `websocket-client`, the token in the query
-string, a JSON ping; then the backend publishes. Prints one JSON line per received message."""
+string, a JSON ping; then the backend publishes. Prints one JSON line per received message.
+Arguments: URL (ws:// or wss://), publish URL, user, and for wss:// the CA file to trust."""
 import json
 import sys
 import threading
@@ -9,6 +10,8 @@ import urllib.request
 import websocket  # websocket-client, as the CLI uses
 
 url, publish_url, user = sys.argv[1], sys.argv[2], sys.argv[3]
+# wss://: verify the gateway's certificate (and its name) against this CA only.
+sslopt = {"ca_certs": sys.argv[4]} if len(sys.argv) > 4 else None
 received = []
 opened = threading.Event()
 
@@ -20,7 +23,7 @@ def on_open(ws):
 
 
 ws = websocket.WebSocketApp(url, on_open=on_open, on_message=lambda ws, m: received.append(m))
-thread = threading.Thread(target=ws.run_forever, kwargs={"ping_interval": 0})
+thread = threading.Thread(target=ws.run_forever, kwargs={"ping_interval": 0, "sslopt": sslopt})
 thread.start()
 if not opened.wait(5):
     sys.exit("the connection did not open")

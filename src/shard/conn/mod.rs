@@ -10,8 +10,13 @@
 //! Every decision (queue or write, when to close and with what, what to count) is made by
 //! [`state::ConnState`], which does no I/O and is unit- and property-tested; this file only
 //! moves bytes between it and the socket (`net::sys`).
+//!
+//! A wss:// connection differs in one place, decided once per connection: a frame is encrypted
+//! for this connection at send time ([`sealed`]) and what the kernel does not take is queued as
+//! ciphertext; the outbox, the writer task and every decision above are the same.
 
 pub mod decision;
+pub mod sealed;
 pub mod state;
 
 use std::{
@@ -28,7 +33,11 @@ use monoio::net::TcpStream;
 
 pub use self::state::Phase;
 use self::state::{ConnState, Direct, Flushed, Offer, OutboxLimits, Tally};
-use super::{Shard, shared::Slot};
+use super::{
+    Shard,
+    shared::Slot,
+    socket::{Socket, Tls},
+};
 use crate::{
     metrics::{DropReason, ErrorType},
     net::sys,
@@ -59,6 +68,8 @@ pub struct Conn {
     pub user: Rc<str>,
     /// Slab key in the shard registry, set on insert.
     pub(in crate::shard) key: Cell<u32>,
+    /// The TLS session on a wss:// connection (`None`: plain ws://, one null pointer).
+    pub(in crate::shard) tls: Option<Tls>,
     /// Phase, outbox and accounting; no I/O.
     state: RefCell<ConnState>,
     /// The connection's slot against `MAX_CONNECTIONS`: given back when the reader ends, or at
@@ -68,13 +79,19 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Wraps an upgraded socket.
-    pub fn new(stream: TcpStream, user: Rc<str>, now_ms: u64) -> Self {
+    /// Wraps an upgraded socket (and its TLS session, if any).
+    pub fn new(stream: impl Into<Socket>, user: Rc<str>, now_ms: u64) -> Self {
+        let Socket { tcp: stream, tls } = stream.into();
+        let state = match tls {
+            None => ConnState::new(now_ms),
+            Some(_) => ConnState::new_sealed(now_ms),
+        };
         Self {
             stream,
             user,
             key: Cell::new(u32::MAX),
-            state: RefCell::new(ConnState::new(now_ms)),
+            tls,
+            state: RefCell::new(state),
             slot: Cell::new(None),
         }
     }
@@ -211,7 +228,11 @@ impl Conn {
     ) -> SendOutcome {
         let mut st = self.state.borrow_mut();
         let limits = outbox_limits(shard);
-        match st.offer(frame.len(), born, &limits, || shard.now_ms(), &shard.stats) {
+        let offer = st.offer(frame.len(), born, &limits, || shard.now_ms(), &shard.stats);
+        if let Some(tls) = &self.tls {
+            return sealed::offer(self, tls, st, shard, offer, frame, born, tally);
+        }
+        match offer {
             Offer::Direct => self.write_direct(st, shard, frame, born, tally),
             Offer::Queued => {
                 st.enqueue(frame.clone(), born, &shard.stats);
@@ -232,6 +253,9 @@ impl Conn {
         shard: &Rc<Shard>,
         close: Bytes,
     ) {
+        if let Some(tls) = &self.tls {
+            return sealed::write_close(self, tls, st, shard, &close);
+        }
         match st.offer_close() {
             Offer::Direct => {
                 self.write_direct(st, shard, &close, None, &mut Tally::default());

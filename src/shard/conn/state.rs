@@ -17,8 +17,9 @@
 //! | the reader exits | [`ConnState::finish`] | queue emptied, every count settled |
 //!
 //! Invariants (unit- and property-tested below): every queued byte is handed to the kernel once
-//! and in order; a close frame is queued only behind a frame already partly written, never in
-//! the middle of one; after [`ConnState::finish`] the outbox holds nothing and the outbox gauge
+//! and in order; a close frame is queued only behind a frame already partly written (on a
+//! wss:// connection, whose outbox is ciphertext, behind every queued frame), never in the
+//! middle of one; after [`ConnState::finish`] the outbox holds nothing and the outbox gauge
 //! has been given back every byte it was charged; every notification offered is counted exactly
 //! once, as written (`notifications_sent`) or as dropped with one reason.
 
@@ -90,6 +91,10 @@ pub struct ConnState {
     peer_closed: bool,
     /// A writer task exists (it drains `queue` when the socket is writable).
     writer: bool,
+    /// The outbox holds ciphertext (a wss:// connection): every queued frame was encrypted when
+    /// it was offered and took its place in the TLS record sequence, so a close keeps them all
+    /// (the close frame goes after them) instead of dropping the unstarted ones.
+    sealed: bool,
 }
 
 impl ConnState {
@@ -106,6 +111,15 @@ impl ConnState {
             fin_after_flush: false,
             peer_closed: false,
             writer: false,
+            sealed: false,
+        }
+    }
+
+    /// A freshly upgraded wss:// connection: its outbox holds ciphertext (see `sealed`).
+    pub fn new_sealed(now_ms: u64) -> Self {
+        Self {
+            sealed: true,
+            ..Self::new(now_ms)
         }
     }
 
@@ -312,7 +326,11 @@ impl ConnState {
         self.stage = Stage::Closing;
         self.stamp_ms = now_ms;
         self.drop_reason = drops;
-        let keep = usize::from(self.head_written > 0).min(self.queue.len());
+        let keep = if self.sealed {
+            self.queue.len()
+        } else {
+            usize::from(self.head_written > 0).min(self.queue.len())
+        };
         let mut freed = 0;
         let mut lost = 0;
         for dropped in self.queue.drain(keep..) {
@@ -844,5 +862,52 @@ mod tests {
             prop_assert_eq!(sim.drops(DropReason::SlowConsumer) > 0 && !overflowed, false);
             prop_assert_eq!(sim.drops(DropReason::NotLocal), 0);
         }
+    }
+
+    #[test]
+    fn a_sealed_outbox_keeps_every_queued_frame_when_closing() {
+        // On a wss:// connection every queued frame is already encrypted in sequence: dropping
+        // one would break the TLS stream, so the close frame goes after all of them.
+        let stats = ShardStats::default();
+        let mut st = ConnState::new_sealed(0);
+        let frame = encode_text(b"{}");
+        let mut tally = Tally::default();
+        assert_eq!(
+            st.offer(frame.len(), None, &LIMITS, || 0, &stats),
+            Offer::Direct
+        );
+        st.direct_written(&frame, None, 0, &mut tally, &stats);
+        st.enqueue(frame.clone(), Some(Instant::now()), &stats);
+        let close = st
+            .close(
+                1000,
+                CloseCode::Normal1000,
+                "",
+                DropReason::ConnectionClosing,
+                1,
+                &stats,
+            )
+            .unwrap();
+        assert_eq!(st.offer_close(), Offer::Queued);
+        st.enqueue(close.clone(), None, &stats);
+        let mut slices = [IoSlice::new(&[]); 4];
+        assert_eq!(
+            st.slices(&mut slices),
+            3,
+            "both frames, then the close frame"
+        );
+        let dropped: u64 = DropReason::ALL
+            .iter()
+            .map(|r| stats.notifications_dropped[*r as usize].load(Relaxed))
+            .sum();
+        assert_eq!(dropped, 0);
+        let total = 2 * frame.len() + close.len();
+        assert_eq!(
+            st.written(total, &stats),
+            Flushed::Empty {
+                shutdown: Some(Shutdown::Write)
+            }
+        );
+        assert_eq!(stats.notifications_sent.load(Relaxed), 1);
     }
 }
