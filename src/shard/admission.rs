@@ -12,6 +12,7 @@ use crate::{
     metrics::{AuthFailure, ErrorType, HandshakeOutcome},
     net::sys,
     proto::{
+        history::{Resume, ResumeError},
         jwt::AuthError,
         upgrade::{self, HandshakeError, Parsed, Status},
         user::UserId,
@@ -33,6 +34,8 @@ pub struct Admitted {
     pub slot: Slot,
     /// The token's `exp` (Unix seconds), if it has one.
     pub expires_at: Option<u64>,
+    /// What the client asked to recover (`since` + `epoch`; history only).
+    pub resume: Option<Box<Resume>>,
 }
 
 /// What reading the request produced.
@@ -42,6 +45,7 @@ enum Request {
         token: Option<String>,
         accept_key: String,
         leftover: Vec<u8>,
+        resume: Result<Option<Resume>, ResumeError>,
     },
     /// A request to refuse.
     Refuse(HandshakeError),
@@ -85,7 +89,7 @@ pub async fn admit(shard: &Rc<Shard>, stream: TcpStream, peer: IpAddr) -> Option
             }
             Ok(Ok(request)) => request,
         };
-    let (token, accept_key, leftover) = match request {
+    let (token, accept_key, leftover, resume) = match request {
         Request::Refuse(err) => {
             shard.stats.inc_error(ErrorType::BadRequest);
             let message = err.to_string();
@@ -96,7 +100,19 @@ pub async fn admit(shard: &Rc<Shard>, stream: TcpStream, peer: IpAddr) -> Option
             token,
             accept_key,
             leftover,
-        } => (token, accept_key, leftover),
+            resume,
+        } => (token, accept_key, leftover, resume),
+    };
+    // Without history `since` and `epoch` mean nothing, as any other unknown parameter.
+    let resume = match resume {
+        _ if shard.history.is_none() => None,
+        Ok(resume) => resume.map(Box::new),
+        Err(err) => {
+            shard.stats.inc_error(ErrorType::BadRequest);
+            let message = err.to_string();
+            refusal::refuse(shard, stream, Status::BadRequest, "bad_since", &message).await;
+            return None;
+        }
     };
     let verified = match token {
         None => Err(AuthError::Missing),
@@ -110,6 +126,7 @@ pub async fn admit(shard: &Rc<Shard>, stream: TcpStream, peer: IpAddr) -> Option
             leftover,
             slot,
             expires_at: verified.expires_at,
+            resume,
         }),
         Err(err) => {
             shard.stats.inc_auth_failure(auth_failure(&err));
@@ -171,6 +188,7 @@ async fn read_request(shard: &Shard, stream: &TcpStream) -> io::Result<Request> 
                     token: request.token.map(|t| t.into_owned()),
                     accept_key: request.accept_key,
                     leftover: buf[consumed..].to_vec(),
+                    resume: request.resume,
                 });
             }
             Err(err) => return Ok(Request::Refuse(err)),

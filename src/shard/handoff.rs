@@ -10,7 +10,10 @@
 use std::{os::fd::OwnedFd, sync::Arc};
 
 use super::shared::Slot;
-use crate::{net::doorbell::Doorbell, proto::user::UserId};
+use crate::{
+    net::doorbell::Doorbell,
+    proto::{history::Resume, user::UserId},
+};
 
 /// A connection in transit between shards.
 pub struct Handoff {
@@ -26,6 +29,8 @@ pub struct Handoff {
     pub slot: Slot,
     /// The token's `exp` (Unix seconds), if it has one.
     pub expires_at: Option<u64>,
+    /// What the client asked to recover (`since` + `epoch`), boxed: rare, and 8 bytes here.
+    pub resume: Option<Box<Resume>>,
 }
 
 /// A shard's producer ends towards every other shard.
@@ -74,7 +79,7 @@ mod tests {
         let size = std::mem::size_of::<Handoff>();
         eprintln!("Handoff {size} B");
         assert!(
-            size <= 96,
+            size <= 104,
             "Handoff grew to {size} B; update docs/architecture.md"
         );
     }

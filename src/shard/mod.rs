@@ -13,6 +13,7 @@ pub mod echo;
 pub mod expiry;
 pub mod handoff;
 pub mod handshake_limit;
+pub mod history;
 pub mod inbox;
 pub mod reader;
 pub mod refusal;
@@ -120,6 +121,8 @@ pub struct Shard {
     pub turn: Rc<Turn>,
     /// Token deadlines of the connections (only with `TOKEN_EXPIRY_CLOSE`; empty otherwise).
     pub expiries: RefCell<expiry::Expiries>,
+    /// Notification history and recovery on reconnect (`HISTORY_ENABLED`).
+    pub history: Option<history::History>,
 }
 
 impl Shard {
@@ -131,6 +134,7 @@ impl Shard {
         shared: Arc<Shared>,
         outlets: Outlets,
         subscription: Option<subscription::Gate>,
+        history: Option<history::History>,
     ) -> io::Result<Self> {
         Ok(Self {
             id,
@@ -146,14 +150,16 @@ impl Shard {
             stop_accepting: RefCell::new(None),
             turn: Turn::start()?,
             expiries: RefCell::default(),
+            history,
         })
     }
 
-    /// Reports that a user's last connection on this gateway is gone (per-user mode).
+    /// Reports that a user's last connection on this gateway is gone (per-user mode, history).
     pub fn user_left(&self, user: &str) {
         if let Some(gate) = &self.subscription {
             gate.left(user);
         }
+        history::left(self, user);
     }
 
     /// Monotonic milliseconds since the shard started.
@@ -195,6 +201,8 @@ pub struct ShardSetup {
     pub outlets: Outlets,
     /// The per-user subscription gate (per-user Redis mode).
     pub subscription: Option<subscription::Gate>,
+    /// The shard's history (`HISTORY_ENABLED`), built on the shard's thread.
+    pub history: Option<history::Setup>,
     /// Told `Ok(id)` once the shard serves (or the error that stopped it).
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
 }
@@ -233,6 +241,7 @@ async fn main(setup: ShardSetup) -> io::Result<()> {
         setup.shared,
         setup.outlets,
         setup.subscription,
+        setup.history.map(|h| history::History::new(setup.id, h)),
     )?);
     let _ = setup.ready.send(Ok(setup.id));
     let canceller = monoio::io::Canceller::new();
@@ -242,6 +251,9 @@ async fn main(setup: ShardSetup) -> io::Result<()> {
     monoio::spawn(sweep::run(shard.clone()));
     if shard.subscription.is_some() {
         monoio::spawn(subscription::run(shard.clone()));
+    }
+    if shard.history.is_some() {
+        monoio::spawn(history::run(shard.clone()));
     }
     inbox::run(shard, setup.inbox).await;
     Ok(())
