@@ -424,8 +424,8 @@ pub struct Config {
     #[arg(action = ArgAction::Set, value_name = "BOOL", value_parser = parse_bool)]
     pub history_enabled: bool,
 
-    /// Notifications kept per user (1 to 10000, at most OUTBOX_MAX_MESSAGES so a whole replay
-    /// fits a connection's outbox).
+    /// Notifications kept per user (1 to 10000). A replay is also capped at OUTBOX_MAX_BYTES
+    /// (a longer gap answers recovered:false).
     ///
     /// Memory cost: with Redis, this many entries per user in Redis (see docs/operations.md);
     /// single node, in the gateway, within HISTORY_MAX_BYTES.

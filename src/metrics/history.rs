@@ -51,6 +51,9 @@ pub struct HistoryStats {
     pub recoveries: [AtomicU64; Recovery::N],
     /// Notifications sent to clients from history (replays).
     pub replayed: AtomicU64,
+    /// Redis: connections without `since` let in with the plain `connected` because the history
+    /// could not be read.
+    pub unread: AtomicU64,
     /// Time from sending a history read to its answer (Redis mode).
     pub read_latency: LatencyHistogram,
     /// Single node: bytes of history held.
@@ -74,6 +77,12 @@ impl HistoryStats {
         self.replayed.fetch_add(n, Relaxed);
     }
 
+    /// Counts a connection let in without its history position.
+    #[inline]
+    pub fn inc_unread(&self) {
+        self.unread.fetch_add(1, Relaxed);
+    }
+
     /// Counts a user's history dropped.
     #[inline]
     pub fn inc_eviction(&self, e: Eviction) {
@@ -87,6 +96,7 @@ impl HistoryStats {
         i(&total.bytes, &self.bytes);
         i(&total.users, &self.users);
         u(&total.replayed, &self.replayed);
+        u(&total.unread, &self.unread);
         u(&total.read_latency.sum_us, &self.read_latency.sum_us);
         let arrays: [(&[AtomicU64], &[AtomicU64]); 3] = [
             (&total.recoveries, &self.recoveries),
@@ -106,6 +116,10 @@ const RECOVERIES: Family = (
 const REPLAYED: Family = (
     "history_replayed_notifications",
     "Notifications sent to reconnecting clients from history.",
+);
+const UNREAD: Family = (
+    "history_unread_connections",
+    "Connections without since let in with the plain connected: the history could not be read.",
 );
 const READ_LATENCY: Family = (
     "history_read_latency_seconds",
@@ -130,9 +144,10 @@ const REPEATS: Family = (
 
 /// Every family this module exports, for the exposition tests.
 #[cfg(test)]
-pub(super) const FAMILIES: [(&str, &str); 7] = [
+pub(super) const FAMILIES: [(&str, &str); 8] = [
     ("history_recoveries", "counter"),
     ("history_replayed_notifications", "counter"),
+    ("history_unread_connections", "counter"),
     ("history_read_latency_seconds", "histogram"),
     ("history_bytes", "gauge"),
     ("history_users", "gauge"),
@@ -145,6 +160,7 @@ pub(super) const FAMILIES: [(&str, &str); 7] = [
 pub(super) fn encode(e: &mut DescriptorEncoder, t: &HistoryStats, repeats: u64) -> fmt::Result {
     labelled::<Recovery>(e, RECOVERIES, &t.recoveries)?;
     counter(e, REPLAYED, &t.replayed)?;
+    counter(e, UNREAD, &t.unread)?;
     let h = &t.read_latency;
     let bounds = LATENCY_BUCKETS_US.iter().map(|&us| us as f64 / 1e6);
     let buckets: Vec<(f64, u64)> = bounds

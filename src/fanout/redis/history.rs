@@ -310,7 +310,7 @@ impl Publisher {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&loaded.sha);
         keys.read_command(&mut cmd, batch);
-        let mut reloaded = false;
+        let (mut reloaded, mut reconnected) = (false, false);
         loop {
             let reply =
                 tokio::time::timeout_at(deadline, cmd.query_async::<Value>(&mut loaded.con)).await;
@@ -332,6 +332,14 @@ impl Publisher {
                         .await
                         .map_err(|_| ReadError::Unavailable("Redis did not answer in time".into()))?
                         .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+                }
+                // The cached connection died (Redis restarted, or a failover moved the
+                // master): a read changes nothing a second run would not, so it is sent once
+                // more on a fresh connection (which follows the failover) within the deadline.
+                Failure::Broken if !reconnected => {
+                    reconnected = true;
+                    self.forget().await;
+                    loaded = self.connection(deadline).await.map_err(unavailable)?;
                 }
                 Failure::Broken => {
                     self.forget().await;

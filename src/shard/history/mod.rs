@@ -215,8 +215,18 @@ pub fn when_recovered<F>(
         stats
             .read_latency
             .observe_us(started.elapsed().as_micros() as u64);
-        let hello =
-            answer.and_then(|read| assemble(&shard, &user, resume.as_deref(), read, &waiter));
+        let hello = match answer {
+            Ok(read) => assemble(&shard, &user, resume.as_deref(), read, &waiter),
+            // Redis unreachable or stalled: a client that asked for nothing is let in as
+            // without history (the plain `connected`; it takes its position from the first
+            // recorded notification), so an outage of Redis is not one of the gateway too. A
+            // client that asked for a replay is refused (503): its gap is still in Redis.
+            Err(Recovery::Unavailable) if resume.is_none() => {
+                stats.inc_unread();
+                Ok(Hello::default())
+            }
+            Err(outcome) => Err(outcome),
+        };
         if let Kind::Redis { live, .. } = &history.kind {
             live.borrow_mut().done(&user, &waiter);
         }
