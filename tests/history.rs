@@ -703,3 +703,56 @@ async fn with_redis_down_first_connections_get_in_and_replays_are_503() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_epoch_after_a_lost_subscription_closes_established_clients_4002() {
+    let r = RedisProc::start();
+    let port = r.port;
+    let gw = start_with(&redis_args(&r, "pattern", &[]));
+    wait_ready(&gw).await;
+    let (mut c, hello) = join(&gw, "yan", None).await;
+    let e1 = epoch(&hello);
+    publish(&gw, "yan", r#"{"n":1}"#).await;
+    expect_offsets(&mut c, 1, 1, &e1).await;
+    // Redis restarts empty, and the gateway cannot subscribe again (PSUBSCRIBE denied) until
+    // told: whatever is published meanwhile is deterministically missed by its subscription.
+    drop(r);
+    let r = RedisProc::start_on(
+        port,
+        &[
+            "--user",
+            "default",
+            "on",
+            "nopass",
+            "~*",
+            "&*",
+            "+@all",
+            "-psubscribe",
+        ],
+    );
+    direct_publish(&mut r.conn(), "yan", r#"{"n":2}"#).unwrap();
+    let _: () = ::redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("+psubscribe")
+        .query(&mut r.conn())
+        .unwrap();
+    wait_ready(&gw).await;
+    // The next one is offset 2 of a new epoch: offset 1 of that epoch never reached this client,
+    // and the gateway cannot know what else it missed, so it closes for a reconnect. (The
+    // publisher's connection broke with the restart: a 504 is retried with the same key.)
+    let body = r#"{"user_id":"yan","payload":{"n":3}}"#;
+    wait_until(WAIT, "published", || async {
+        publish_raw(&gw, body, "Idempotency-Key: yan-3\r\n").await.0 == 200
+    })
+    .await;
+    assert_eq!(close_code(&mut c).await, 4002);
+    let (mut c, hello) = join(&gw, "yan", Some((1, &e1))).await;
+    assert_eq!(hello["recovered"], false, "{hello}");
+    assert_eq!(offset(&hello), 2);
+    let e2 = epoch(&hello);
+    assert_ne!(e2, e1);
+    // From there on it recovers within the new epoch.
+    publish(&gw, "yan", r#"{"n":4}"#).await;
+    expect_offsets(&mut c, 3, 1, &e2).await;
+}

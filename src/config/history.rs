@@ -97,11 +97,6 @@ mod tests {
                 "not in 1..=10000",
             ),
             (
-                &["--history-size", "300"],
-                "HISTORY_SIZE",
-                "above OUTBOX_MAX_MESSAGES",
-            ),
-            (
                 &["--history-ttl", "500ms"],
                 "HISTORY_TTL",
                 "below the minimum 1s",

@@ -28,6 +28,10 @@ pub enum Body {
     /// user's history (which gives it its offset and epoch) and then deliver. Shared by every
     /// user of one publish request.
     Record(Arc<Record>),
+    /// From the Redis subscriber to every shard, in order with the notifications: the
+    /// subscription was lost, so notifications may have been missed between the one before this
+    /// and the one after. History (Redis) then checks each user's next offset strictly.
+    Blind,
 }
 
 /// A notification to record (single node with history).

@@ -153,6 +153,8 @@ fn deliver(shard: &Rc<Shard>, delivery: Delivery) -> usize {
             shard.limits.max_payload_bytes,
         )
         .ok(),
+        // Only history tracks offsets; the marker means nothing without it.
+        Body::Blind => return 0,
         // From Redis: validate and normalise once, and only for a user that is here.
         Body::Raw(_) if !local => None,
         Body::Raw(raw) => {

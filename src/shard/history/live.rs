@@ -114,6 +114,10 @@ struct Ahead {
 struct Track {
     /// The last recorded notification sent to them.
     at: Position,
+    /// The Redis subscription was lost since: the next recorded notification must be exactly
+    /// the next offset of the same epoch, else some may have been missed (a new epoch included:
+    /// what the old one still had is unknown).
+    suspect: bool,
     /// Connections that have more (usually none).
     ahead: Vec<Ahead>,
 }
@@ -202,6 +206,7 @@ impl Live {
                     user.clone(),
                     Track {
                         at,
+                        suspect: false,
                         ahead: Vec::new(),
                     },
                 );
@@ -227,13 +232,26 @@ impl Live {
                     Rc::from(user),
                     Track {
                         at,
+                        suspect: false,
                         ahead: Vec::new(),
                     },
                 );
             }
             return Verdict::Send { check_ahead: false };
         };
-        let verdict = match track.at.take(mark) {
+        let before = track.at;
+        let mut step = track.at.take(mark);
+        if track.suspect
+            && let Some(m) = mark
+        {
+            if step != Step::Skip {
+                track.suspect = false;
+            }
+            if step == Step::Send && m.epoch != before.epoch {
+                step = Step::Gap;
+            }
+        }
+        let verdict = match step {
             Step::Send => Verdict::Send {
                 check_ahead: mark.is_some() && !track.ahead.is_empty(),
             },
@@ -253,6 +271,19 @@ impl Live {
             !caught_up && a.conn.phase() != crate::shard::conn::Phase::Closed
         });
         verdict
+    }
+
+    /// The Redis subscription was lost: notifications may be missing after every user's
+    /// position. Established users check their next offset strictly; waiting upgrades are
+    /// refused (503, retry with the same `since`) since what they kept may have a hole.
+    pub fn blind(&mut self) {
+        for track in self.tracks.values_mut() {
+            track.suspect = true;
+        }
+        for waiter in self.waiting.values().flatten() {
+            waiter.overflowed.set(true);
+            waiter.kept.borrow_mut().clear();
+        }
     }
 
     /// Whether `conn` (marked ahead) already has the notification at `mark`.
@@ -340,6 +371,7 @@ mod tests {
                     epoch: 1,
                     offset: 3,
                 },
+                suspect: false,
                 ahead: Vec::new(),
             },
         );
@@ -352,5 +384,51 @@ mod tests {
         assert_eq!(live.on_live("u", mark(9, 1)), send, "a new epoch");
         live.left("u");
         assert_eq!(live.position("u"), None);
+    }
+
+    #[test]
+    fn after_a_lost_subscription_the_next_offset_is_checked_strictly() {
+        let mut live = Live::default();
+        let start = |live: &mut Live| {
+            live.tracks.insert(
+                Rc::from("u"),
+                Track {
+                    at: Position {
+                        epoch: 1,
+                        offset: 3,
+                    },
+                    suspect: false,
+                    ahead: Vec::new(),
+                },
+            );
+        };
+        let send = Verdict::Send { check_ahead: false };
+        // Without a loss, a new epoch is simply followed (the history expired meanwhile).
+        start(&mut live);
+        assert_eq!(live.on_live("u", mark(2, 1)), send);
+        // After a loss, a new epoch may hide lost notifications: a gap.
+        start(&mut live);
+        live.blind();
+        assert_eq!(
+            live.on_live("u", None),
+            send,
+            "plain PUBLISH: still suspect"
+        );
+        assert_eq!(
+            live.on_live("u", mark(1, 3)),
+            Verdict::Skip,
+            "old: still suspect"
+        );
+        assert_eq!(live.on_live("u", mark(2, 1)), Verdict::Gap);
+        assert_eq!(live.on_live("u", mark(2, 2)), send, "checked once");
+        // After a loss, the very next offset of the same epoch clears it.
+        start(&mut live);
+        live.blind();
+        assert_eq!(live.on_live("u", mark(1, 4)), send);
+        assert_eq!(live.on_live("u", mark(5, 1)), send);
+        // Waiting upgrades are refused.
+        let w = live.wait(&Rc::from("v"));
+        live.blind();
+        assert!(w.take().is_none());
     }
 }

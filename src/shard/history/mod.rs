@@ -135,7 +135,8 @@ impl History {
     pub fn takes(&self, body: &Body) -> bool {
         matches!(
             (&self.kind, body),
-            (Kind::Local { .. }, Body::Record(_)) | (Kind::Redis { .. }, Body::Raw(_))
+            (Kind::Local { .. }, Body::Record(_))
+                | (Kind::Redis { .. }, Body::Raw(_) | Body::Blind)
         )
     }
 }
@@ -369,6 +370,10 @@ pub fn deliver(shard: &Rc<Shard>, delivery: Delivery) -> usize {
         }
         (Kind::Redis { live, .. }, Body::Raw(raw)) => {
             track_and_send(shard, history, live, &user, &raw, received)
+        }
+        (Kind::Redis { live, .. }, Body::Blind) => {
+            live.borrow_mut().blind();
+            0
         }
         _ => unreachable!("`History::takes` chose the bodies"),
     }
