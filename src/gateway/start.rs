@@ -287,6 +287,9 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
         ttl: cfg.history_ttl,
         max_replay_bytes: cfg.outbox_max_bytes,
     };
+    // True while the Redis subscription is in force: `/readyz`, and history reads (a history
+    // read before it would miss the live notifications that follow it).
+    let subscribed = Arc::new(AtomicBool::new(false));
     let (mut histories, history_reader) = match (&redis, cfg.history_enabled) {
         (_, false) => ((0..shards).map(|_| None).collect::<Vec<_>>(), None),
         (None, true) => {
@@ -305,7 +308,10 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
             let (sides, reader) = redis_history::channels(shards, redis_history::READS_PER_SHARD);
             let setups = sides
                 .into_iter()
-                .map(|side| Some(history_setup(cfg, history::Backend::Redis(side))))
+                .map(|side| {
+                    let backend = history::Backend::Redis(side, subscribed.clone());
+                    Some(history_setup(cfg, backend))
+                })
                 .collect();
             let reader = HistoryReader::new(
                 target.clone(),
@@ -397,7 +403,6 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
             history: cfg.history_enabled,
         },
         Some(target) => {
-            let subscribed = Arc::new(AtomicBool::new(false));
             Subscriber {
                 target: target.clone(),
                 prefix: cfg.redis_channel_prefix.clone(),

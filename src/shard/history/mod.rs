@@ -17,7 +17,15 @@ pub mod live;
 pub mod remote;
 pub mod store;
 
-use std::{cell::RefCell, rc::Rc, time::Duration};
+use std::{
+    cell::RefCell,
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use monoio::net::TcpStream;
@@ -47,8 +55,8 @@ use crate::{
 pub enum Backend {
     /// Single node: in memory, within these bounds.
     Local(StoreLimits),
-    /// Redis: read through the reader thread.
-    Redis(ShardReads),
+    /// Redis: read through the reader thread, while the subscription is in force (the flag).
+    Redis(ShardReads, Arc<AtomicBool>),
 }
 
 /// A shard's history as wired at start (sent to the shard thread, which builds its
@@ -82,6 +90,10 @@ enum Kind {
     Redis {
         /// Reads in flight.
         reads: Reads,
+        /// True while the Redis subscription is in force. A read taken before it would be
+        /// followed by live notifications this gateway never receives (at start, or between a
+        /// lost connection and the next): none is taken then.
+        subscribed: Arc<AtomicBool>,
         /// Waiting upgrades and established users.
         live: RefCell<Live>,
     },
@@ -111,8 +123,9 @@ impl History {
                     sweep,
                 }
             }
-            Backend::Redis(side) => Kind::Redis {
+            Backend::Redis(side, subscribed) => Kind::Redis {
                 reads: Reads::new(shard, side),
+                subscribed,
                 live: RefCell::default(),
             },
         };
@@ -171,7 +184,7 @@ pub fn when_recovered<F>(
     let Some(history) = &shard.history else {
         return then(stream, user, Hello::default());
     };
-    let (reads, live) = match &history.kind {
+    let (reads, live, subscribed) = match &history.kind {
         Kind::Local { store, .. } => {
             let stats = &shard.stats.history;
             let snap = store
@@ -196,11 +209,20 @@ pub fn when_recovered<F>(
             };
             return then(stream, user, hello);
         }
-        Kind::Redis { reads, live } => (reads, live),
+        Kind::Redis {
+            reads,
+            live,
+            subscribed,
+        } => (reads, live, subscribed),
     };
+    let subscribed = subscribed.load(Ordering::Acquire);
     // Registered before the read is sent: every live notification from now on is kept for it.
     let waiter = live.borrow_mut().wait(&user);
-    let asked = reads.ask(&user, resume.as_deref().cloned());
+    let asked = if subscribed {
+        reads.ask(&user, resume.as_deref().cloned())
+    } else {
+        None
+    };
     let shard = shard.clone();
     monoio::spawn(async move {
         let history = shard.history.as_ref().expect("checked above");
