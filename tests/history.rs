@@ -535,6 +535,8 @@ async fn redis_restart_without_persistence_changes_the_epoch() {
         },
     )
     .await;
+    // Replays are served once the subscription is back (503 before: retry).
+    wait_ready(&gw).await;
     let (_, hello) = join(&gw, "uma", Some((1, &e))).await;
     assert_eq!(hello["recovered"], false, "{hello}");
     assert_ne!(epoch(&hello), e);
@@ -599,6 +601,8 @@ async fn a_sentinel_failover_changes_the_epoch() {
         },
     )
     .await;
+    // Replays are served once the subscription is back (503 before: retry).
+    wait_ready(&gw).await;
     let (c, hello) = join(&gw, "vic", Some((1, &e))).await;
     assert_eq!(hello["recovered"], false, "{hello}");
     let e2 = epoch(&hello);

@@ -31,6 +31,9 @@ use bytes::Bytes;
 
 use crate::{proto::history::Mark, shard::conn::Conn};
 
+/// Capacity above which an emptied map is given back.
+pub const SHRINK_ABOVE: usize = 1024;
+
 /// A live notification kept for a waiting upgrade.
 pub struct Kept {
     /// The frame as delivered live.
@@ -163,6 +166,11 @@ impl Live {
             if list.is_empty() {
                 self.waiting.remove(user);
             }
+        }
+        // A reconnect storm leaves the map sized for every upgrade that waited at once; give it
+        // back once they are all answered (idle connections must not pay for the storm).
+        if self.waiting.is_empty() && self.waiting.capacity() > SHRINK_ABOVE {
+            self.waiting = HashMap::new();
         }
     }
 
