@@ -96,11 +96,12 @@ pub async fn run(shard: Rc<Shard>) {
             }
         }
         // Sized for a storm's reads: given back once all are answered.
-        let mut waits = reads.waits.borrow_mut();
-        if waits.is_empty() && waits.capacity() > super::live::SHRINK_ABOVE {
-            *waits = HashMap::new();
+        {
+            let mut waits = reads.waits.borrow_mut();
+            if waits.is_empty() && waits.capacity() > super::live::SHRINK_ABOVE {
+                *waits = HashMap::new();
+            }
         }
-        drop(waits);
         poll_fn(|cx| {
             doorbell.register(cx.waker());
             if answers.is_empty() {
