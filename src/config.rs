@@ -26,6 +26,8 @@ use clap::{ArgAction, CommandFactory, Parser, ValueEnum};
 
 use crate::proto::jwt::Algorithm;
 
+mod history;
+
 /// Exit code for a configuration error (`EX_USAGE` from `sysexits.h`).
 pub const EXIT_CONFIG: i32 = 64;
 
@@ -439,6 +441,49 @@ pub struct Config {
     #[arg(long, env = "SUBSCRIBE_WAIT", default_value = "3s", value_parser = parse_duration)]
     pub subscribe_wait: Duration,
 
+    /// Record notifications per user so a reconnecting client gets what it missed (issue 10):
+    /// notifications carry "offset" and "epoch", a client reconnects with since and epoch.
+    /// Off: no fields, no recording, as before.
+    #[arg(long, env = "HISTORY_ENABLED", default_value = "true")]
+    #[arg(action = ArgAction::Set, value_name = "BOOL", value_parser = parse_bool)]
+    pub history_enabled: bool,
+
+    /// Notifications kept per user (1 to 10000). A replay is also capped at OUTBOX_MAX_BYTES
+    /// (a longer gap answers recovered:false).
+    ///
+    /// Memory cost: with Redis, this many entries per user in Redis (see docs/operations.md);
+    /// single node, in the gateway, within HISTORY_MAX_BYTES.
+    #[arg(long, env = "HISTORY_SIZE", default_value_t = 100, value_parser = parse_usize)]
+    pub history_size: usize,
+
+    /// How long a user's history is kept after the last notification recorded or read for that
+    /// user (1s to 7d): the window within which a reconnecting client recovers.
+    #[arg(long, env = "HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+
+    /// With Redis: prefix of the history keys, <prefix>{<user id>}:s (a stream) and
+    /// <prefix>{<user id>}:m (a hash), and of <prefix>idem:<key> for idempotency keys.
+    #[arg(long, env = "HISTORY_KEY_PREFIX", default_value = "history:")]
+    pub history_key_prefix: String,
+
+    /// Single node: bytes of history the gateway may hold for all users together (at least
+    /// 1 MiB); beyond it the users written to least recently lose theirs first.
+    ///
+    /// Memory cost: bounds the in-memory history to about this much.
+    #[arg(long, env = "HISTORY_MAX_BYTES", default_value_t = 256 * MIB, value_parser = parse_usize)]
+    pub history_max_bytes: usize,
+
+    /// Notifications an upgrade with history may buffer while its user's history is read from
+    /// Redis (1 to 65536); more and the upgrade is refused with 503 (the client retries with the
+    /// same since).
+    #[arg(long, env = "HISTORY_LIVE_BUFFER", default_value_t = 256, value_parser = parse_usize)]
+    pub history_live_buffer: usize,
+
+    /// With Redis: how long an upgrade may wait for its user's history to be read before it is
+    /// refused with 503 and Retry-After (1ms to 60s).
+    #[arg(long, env = "HISTORY_READ_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub history_read_timeout: Duration,
+
     /// Log format on stderr: text or json. Verbosity comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -631,6 +676,7 @@ impl Config {
             }
         }
         self.validate_redis(&mut bad);
+        self.validate_history(&mut bad);
         match problems.len() {
             0 => Ok(()),
             1 => Err(problems.remove(0)),
@@ -954,6 +1000,16 @@ impl Config {
                 dur(self.redis_liveness_timeout),
             ),
             (n("subscribe_wait"), dur(self.subscribe_wait)),
+            (n("history_enabled"), self.history_enabled.to_string()),
+            (n("history_size"), self.history_size.to_string()),
+            (n("history_ttl"), dur(self.history_ttl)),
+            (n("history_key_prefix"), self.history_key_prefix.clone()),
+            (n("history_max_bytes"), self.history_max_bytes.to_string()),
+            (
+                n("history_live_buffer"),
+                self.history_live_buffer.to_string(),
+            ),
+            (n("history_read_timeout"), dur(self.history_read_timeout)),
             (n("log_format"), self.log_format.as_str().into()),
             (n("log_filter_file"), path(&self.log_filter_file)),
             (n("drain_period"), dur(self.drain_period)),
@@ -1288,6 +1344,13 @@ mod tests {
         assert_eq!(c.redis_master_name, None);
         assert_eq!(c.redis_liveness_timeout, Duration::from_secs(10));
         assert_eq!(c.subscribe_wait, Duration::from_secs(3));
+        assert!(c.history_enabled);
+        assert_eq!(c.history_size, 100);
+        assert_eq!(c.history_ttl, Duration::from_secs(300));
+        assert_eq!(c.history_key_prefix, "history:");
+        assert_eq!(c.history_max_bytes, 256 * MIB);
+        assert_eq!(c.history_live_buffer, 256);
+        assert_eq!(c.history_read_timeout, Duration::from_secs(2));
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.drain_period, Duration::from_secs(10));
         assert!(!c.redis_enabled());
@@ -1369,6 +1432,13 @@ mod tests {
         ("REDIS_UNSUBSCRIBE_GRACE", "2s"),
         ("REDIS_LIVENESS_TIMEOUT", "30s"),
         ("SUBSCRIBE_WAIT", "1500ms"),
+        ("HISTORY_ENABLED", "off"),
+        ("HISTORY_SIZE", "10"),
+        ("HISTORY_TTL", "1m"),
+        ("HISTORY_KEY_PREFIX", "h:"),
+        ("HISTORY_MAX_BYTES", "2097152"),
+        ("HISTORY_LIVE_BUFFER", "8"),
+        ("HISTORY_READ_TIMEOUT", "250ms"),
         ("LOG_FORMAT", "json"),
         ("LOG_FILTER_FILE", "/etc/log-filter"),
         ("DRAIN_SECONDS", "7"),
@@ -1452,6 +1522,13 @@ mod tests {
         assert_eq!(c.redis_unsubscribe_grace, Duration::from_secs(2));
         assert_eq!(c.redis_liveness_timeout, Duration::from_secs(30));
         assert_eq!(c.subscribe_wait, Duration::from_millis(1500));
+        assert!(!c.history_enabled);
+        assert_eq!(c.history_size, 10);
+        assert_eq!(c.history_ttl, Duration::from_secs(60));
+        assert_eq!(c.history_key_prefix, "h:");
+        assert_eq!(c.history_max_bytes, 2 * MIB);
+        assert_eq!(c.history_live_buffer, 8);
+        assert_eq!(c.history_read_timeout, Duration::from_millis(250));
         assert_eq!(c.redis_master_name.as_deref(), Some("mymaster"));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.drain_period, Duration::from_secs(7));

@@ -140,6 +140,10 @@ label_enum! {
     }
 }
 
+pub(crate) mod history;
+
+pub use self::history::{Eviction, HistoryStats, Recovery};
+
 impl Label for CloseCode {
     const KEY: &'static str = "code";
     const VALUES: &'static [Self] = &Self::ALL;
@@ -374,6 +378,8 @@ pub struct ShardStats {
     pub tls_handshakes: [AtomicU64; TlsVersion::N],
     /// Of those, the ones resumed from a session ticket.
     pub tls_resumed: AtomicU64,
+    /// History and recovery (issue 10).
+    pub history: HistoryStats,
 }
 
 impl ShardStats {
@@ -503,6 +509,7 @@ impl ShardStats {
         for (to, from) in arrays {
             to.iter().zip(from).for_each(|(t, f)| u(t, f));
         }
+        self.history.add_into(&total.history);
     }
 }
 
@@ -537,6 +544,8 @@ pub struct GlobalStats {
     pub control_connections: AtomicI64,
     /// Internal-port connections closed by the gateway, by [`ControlDrop`].
     pub control_drops: [AtomicU64; ControlDrop::N],
+    /// Publish requests answered with the first result of their Idempotency-Key.
+    pub history_repeats: AtomicU64,
     /// Readiness for the health endpoint (not exported as a metric).
     pub ready: AtomicBool,
 }
@@ -830,6 +839,7 @@ impl Collector for GatewayCollector {
         gauge(e, PUBLISH_INFLIGHT, &g.publish_inflight_bytes)?;
         gauge(e, CONTROL_CONNECTIONS, &g.control_connections)?;
         labelled::<ControlDrop>(e, CONTROL_DROPS, &g.control_drops)?;
+        history::encode(e, &t.history, g.history_repeats.load(Relaxed))?;
         let shards = self.shards.len().to_string();
         let build = [
             ("version", env!("CARGO_PKG_VERSION")),
@@ -913,7 +923,7 @@ mod tests {
     #[test]
     fn every_family_once_with_help_and_type() {
         let text = Metrics::new(1, "epoll").render();
-        for (name, kind) in FAMILIES {
+        for (name, kind) in FAMILIES.into_iter().chain(history::FAMILIES) {
             let help = format!("# HELP {name} ");
             let help_lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&help)).collect();
             assert_eq!(help_lines.len(), 1, "{name}");
@@ -925,7 +935,11 @@ mod tests {
             assert_eq!(text.lines().filter(|l| *l == ty).count(), 1, "{ty}");
         }
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, FAMILIES.len(), "no unexpected families");
+        assert_eq!(
+            families,
+            FAMILIES.len() + history::FAMILIES.len(),
+            "no unexpected families"
+        );
     }
 
     #[test]
@@ -1032,6 +1046,7 @@ mod tests {
                 "1003",
                 "1010",
                 "4001",
+                "4002",
                 "3000-4999",
             ],
         );

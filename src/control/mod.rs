@@ -9,11 +9,12 @@
 //!
 //! `server` accepts and runs connections; `conns` decides which may stay open; `routes` answers
 //! requests; `publish` parses publish bodies (pure); `api_key` and `budget` are the key check and
-//! the in-flight byte budget.
+//! the in-flight byte budget; `idempotency` checks the `Idempotency-Key` header.
 
 pub mod api_key;
 pub mod budget;
 pub mod conns;
+pub mod idempotency;
 pub mod publish;
 pub mod routes;
 pub mod server;

@@ -5,7 +5,9 @@
 //! size (413), the in-flight byte budget (429), the body read within `CONTROL_READ_TIMEOUT`
 //! (408), its JSON (400), the number of user ids (413), the payload (400), the fan-out size
 //! (413); then delivery: 200, or 503 (not delivered: a retry is safe), 504 (outcome unknown),
-//! 502 (published for some users only).
+//! 502 (published for some users only). With history an `Idempotency-Key` header is checked
+//! with the body (400), and a repeat of a key answers the first result with
+//! `Idempotent-Replayed: true`.
 
 use std::{
     sync::{
@@ -27,11 +29,12 @@ use super::{
     api_key::ApiKey,
     budget::Budget,
     conns::BusyGuard,
+    idempotency,
     publish::{self, PublishError, PublishRequest},
 };
 use crate::{
     clock,
-    fanout::broker::{Broker, BrokerError},
+    fanout::broker::{Broker, BrokerError, Delivered},
     metrics::{Metrics, PublishStatus},
 };
 
@@ -142,6 +145,7 @@ async fn publish(
             .insert(RETRY_AFTER, "1".parse().expect("valid header"));
         return (S::TooMany, answer);
     };
+    let req_key = req.headers().get(idempotency::HEADER).cloned();
     let read = Limited::new(req.into_body(), limits.max_body).collect();
     let body = match tokio::time::timeout(state.read_timeout, read).await {
         Ok(Ok(body)) => body.to_bytes(),
@@ -176,6 +180,16 @@ async fn publish(
             return (S::Timeout, answer);
         }
     };
+    let key = match idempotency::key(
+        req_key.as_ref().map(|v| v.as_bytes()),
+        state.broker.history(),
+    ) {
+        Ok(key) => key,
+        Err(err) => {
+            let answer = error(StatusCode::BAD_REQUEST, err.kind(), &err.to_string());
+            return (S::BadRequest, answer);
+        }
+    };
     let parsed = publish::parse_publish(&body, limits.max_users);
     drop(body);
     let PublishRequest { user_ids, payload } = match parsed {
@@ -203,7 +217,7 @@ async fn publish(
     }
     let prepared = match state
         .broker
-        .prepare(payload, clock::unix_ms(), limits.max_body)
+        .prepare(payload, clock::unix_ms(), limits.max_body, key)
     {
         Ok(prepared) => prepared,
         Err(err) => {
@@ -214,13 +228,23 @@ async fn publish(
     // From here the gateway acts on the request: the connection must not be evicted.
     let _busy = BusyGuard::new(busy);
     match state.broker.publish(user_ids, prepared).await {
-        Ok(recipients) => (
-            S::Ok,
-            json(
+        Ok(Delivered {
+            recipients,
+            repeated,
+        }) => {
+            let mut answer = json(
                 StatusCode::OK,
                 serde_json::json!({ "recipients": recipients }).to_string(),
-            ),
-        ),
+            );
+            if repeated {
+                let global = state.metrics.global();
+                global.history_repeats.fetch_add(1, Ordering::Relaxed);
+                answer
+                    .headers_mut()
+                    .insert(idempotency::REPLAYED, "true".parse().expect("valid header"));
+            }
+            (S::Ok, answer)
+        }
         Err(err) => delivery_error(&err),
     }
 }

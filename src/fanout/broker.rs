@@ -5,6 +5,11 @@
 //! The answer is exact about delivery: `Overloaded`, `Unavailable` and `Redis` errors mean
 //! nothing was delivered (a retry cannot duplicate), [`BrokerError::Unknown`] that it may have
 //! been, [`BrokerError::Partial`] that it was for some users only.
+//!
+//! With history (issue 10) every notification is recorded for its user as it is published:
+//! single node on the user's owner shard, with Redis by the history script, atomically with the
+//! PUBLISH. A publish with an `Idempotency-Key` already used within HISTORY_TTL records nothing
+//! and answers the first result, which makes retrying after [`BrokerError::Unknown`] safe.
 
 use std::{
     sync::{
@@ -18,9 +23,9 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use super::{
-    Body,
+    Body, Record,
     local::{LocalBroker, LocalError, Outcome},
-    redis::publisher::{PublishError, Publisher},
+    redis::publisher::{PublishError, Published, Publisher},
 };
 use crate::proto::{
     payload::{self, PayloadError},
@@ -72,7 +77,23 @@ impl BrokerError {
 }
 
 /// A notification ready for [`Broker::publish`], in the form its broker sends.
-pub struct Prepared(Body);
+pub struct Prepared {
+    /// What the broker sends.
+    body: Body,
+    /// The request's `Idempotency-Key` (history only).
+    idempotency: Option<Arc<str>>,
+}
+
+/// A publish that went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Connections reached (local), or Redis subscribers that received it (Redis).
+    pub recipients: u32,
+    /// The idempotency key had been used already: this is the first publish's result, and
+    /// nothing was recorded or sent now (for every user, with Redis; single node, for every
+    /// user that had it).
+    pub repeated: bool,
+}
 
 /// The publish backend.
 #[derive(Clone)]
@@ -83,6 +104,8 @@ pub enum Broker {
         broker: LocalBroker,
         /// How long a publish waits for the shards (`PUBLISH_TIMEOUT`).
         timeout: Duration,
+        /// Record each notification in its user's history (on its owner shard).
+        history: bool,
     },
     /// Through Redis, to every gateway instance.
     Redis {
@@ -94,10 +117,20 @@ pub enum Broker {
 }
 
 impl Broker {
+    /// Whether notifications are recorded in history (and may carry an `Idempotency-Key`).
+    pub fn history(&self) -> bool {
+        match self {
+            Broker::Local { history, .. } => *history,
+            Broker::Redis { publisher, .. } => publisher.history(),
+        }
+    }
+
     /// Validates a payload (compact JSON object text) for publishing. The local broker delivers
     /// a finished frame, so it normalises here, once per request; Redis carries the payload as
     /// is and each gateway's owner shard normalises it, so here it is only checked against the
-    /// limit the shards apply (building a frame would be wasted work).
+    /// limit the shards apply (building a frame would be wasted work). With history, both
+    /// normalise here into JSON text (what history stores, so a replay is byte for byte what was
+    /// sent live) and refuse payloads that already carry `offset` or `epoch`.
     ///
     /// # Errors
     ///
@@ -107,18 +140,32 @@ impl Broker {
         payload: Vec<u8>,
         now_ms: u64,
         max_bytes: usize,
+        idempotency: Option<Arc<str>>,
     ) -> Result<Prepared, PayloadError> {
-        match self {
-            Broker::Local { .. } => {
-                payload::normalize_to_frame(&payload, now_ms, max_bytes).map(Body::Frame)
+        debug_assert!(idempotency.is_none() || self.history());
+        let body = match self {
+            Broker::Local { history: true, .. } => {
+                let text = payload::normalize_for_history(&payload, now_ms, max_bytes)?;
+                Body::Record(Arc::new(Record {
+                    text: Bytes::from(text),
+                    idempotency: idempotency.clone(),
+                }))
             }
-            Broker::Redis { .. } if payload.len() > max_bytes => Err(PayloadError::TooLarge {
-                len: payload.len(),
-                max: max_bytes,
-            }),
-            Broker::Redis { .. } => Ok(Body::Raw(Bytes::from(payload))),
-        }
-        .map(Prepared)
+            Broker::Local { .. } => {
+                Body::Frame(payload::normalize_to_frame(&payload, now_ms, max_bytes)?)
+            }
+            Broker::Redis { publisher, .. } if publisher.history() => Body::Raw(Bytes::from(
+                payload::normalize_for_history(&payload, now_ms, max_bytes)?,
+            )),
+            Broker::Redis { .. } if payload.len() > max_bytes => {
+                return Err(PayloadError::TooLarge {
+                    len: payload.len(),
+                    max: max_bytes,
+                });
+            }
+            Broker::Redis { .. } => Body::Raw(Bytes::from(payload)),
+        };
+        Ok(Prepared { body, idempotency })
     }
 
     /// Publishes a notification [`prepare`](Self::prepare)d by this broker to `users`. Returns
@@ -131,17 +178,24 @@ impl Broker {
     pub async fn publish(
         &self,
         users: Vec<UserId>,
-        Prepared(body): Prepared,
-    ) -> Result<u32, BrokerError> {
+        prepared: Prepared,
+    ) -> Result<Delivered, BrokerError> {
+        let Prepared { body, idempotency } = prepared;
         match (self, body) {
-            (Broker::Local { broker, timeout }, Body::Frame(frame)) => {
+            (
+                Broker::Local {
+                    broker, timeout, ..
+                },
+                body @ (Body::Frame(_) | Body::Record(_)),
+            ) => {
                 let count = users.len() as u32;
                 let deadline = tokio::time::Instant::now() + *timeout;
                 let Outcome {
                     recipients,
                     dropped_users,
+                    repeated_users,
                 } = broker
-                    .publish(users, frame, deadline)
+                    .publish(users, body, deadline)
                     .await
                     .map_err(|e| match e {
                         LocalError::NotQueued(why) => BrokerError::Unavailable(why),
@@ -153,11 +207,23 @@ impl Broker {
                 if dropped_users > 0 && dropped_users == count {
                     return Err(BrokerError::Overloaded);
                 }
-                Ok(recipients)
+                Ok(Delivered {
+                    recipients,
+                    repeated: repeated_users > 0 && repeated_users + dropped_users == count,
+                })
             }
             (Broker::Redis { publisher, .. }, Body::Raw(payload)) => publisher
-                .publish(&users, payload)
+                .publish(&users, payload, idempotency.as_deref())
                 .await
+                .map(
+                    |Published {
+                         receivers,
+                         repeated,
+                     }| Delivered {
+                        recipients: receivers,
+                        repeated,
+                    },
+                )
                 .map_err(|e| match e {
                     PublishError::NotSent(why) => BrokerError::Redis(why),
                     PublishError::Unknown(why) => BrokerError::Unknown(why),

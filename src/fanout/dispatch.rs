@@ -63,9 +63,29 @@ impl Dispatcher {
         }
     }
 
+    /// Tells every shard, in order with the notifications, that the Redis subscription was
+    /// lost ([`Body::Blind`](super::Body::Blind)). Waits for room like a notification; a shard
+    /// whose ring stays full misses the marker, and drops notifications anyway (counted).
+    pub fn broadcast_blind(&mut self) {
+        for shard in 0..self.rings.len() {
+            let marker = Delivery {
+                user: Box::from(""),
+                body: super::Body::Blind,
+                received: Instant::now(),
+                reply: None,
+            };
+            let _ = self.push(shard, marker);
+        }
+    }
+
     /// Routes `delivery` to its user's owner shard.
     pub fn dispatch(&mut self, delivery: Delivery) -> Result<(), DispatchError> {
         let shard = route::owner_shard(&delivery.user, self.rings.len());
+        self.push(shard, delivery)
+    }
+
+    /// Pushes `delivery` to shard `shard`'s ring, waiting a bounded time for room.
+    fn push(&mut self, shard: usize, delivery: Delivery) -> Result<(), DispatchError> {
         let mut delivery = match self.rings[shard].push(delivery) {
             Ok(()) => {
                 self.shedding[shard] = false;

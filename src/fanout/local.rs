@@ -4,24 +4,24 @@
 
 use std::{thread, time::Instant};
 
-use bytes::Bytes;
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant as Deadline,
 };
 
-use super::{Body, Delivery, dispatch::Dispatcher};
+use super::{Body, Delivery, Reached, dispatch::Dispatcher};
 use crate::proto::user::UserId;
 
 /// Publish commands buffered between the control plane and the dispatcher thread.
 const COMMAND_QUEUE: usize = 1024;
 
-/// One publish request: a frame for several users, and where to report each user's count.
+/// One publish request: a frame (or, with history, a payload to record) for several users, and
+/// where to report each user's count.
 struct Command {
     /// Recipients, each with the channel its shard answers on.
-    users: Vec<(UserId, oneshot::Sender<u32>)>,
-    /// The encoded frame.
-    frame: Bytes,
+    users: Vec<(UserId, oneshot::Sender<Reached>)>,
+    /// The encoded frame, or the payload to record.
+    body: Body,
 }
 
 /// Handle to the dispatcher thread.
@@ -37,6 +37,8 @@ pub struct Outcome {
     pub recipients: u32,
     /// Users whose owner shard's queue was full (the notification was dropped for them).
     pub dropped_users: u32,
+    /// Users whose history already held the request's idempotency key (nothing recorded).
+    pub repeated_users: u32,
 }
 
 impl LocalBroker {
@@ -53,7 +55,7 @@ impl LocalBroker {
                         // with it, which the publisher sees as a dropped user.
                         let _ = dispatcher.dispatch(Delivery {
                             user: user.into_boxed_str(),
-                            body: Body::Frame(cmd.frame.clone()),
+                            body: cmd.body.clone(),
                             received,
                             reply: Some(reply),
                         });
@@ -63,9 +65,9 @@ impl LocalBroker {
         Ok(Self { tx })
     }
 
-    /// Publishes `frame` to every connection of `users` on this gateway and reports how many
-    /// connections it reached. Waits for room in the dispatcher's queue and then for the
-    /// shards' answers until `deadline`.
+    /// Publishes `body` (a frame, or with history a payload to record) to every connection of
+    /// `users` on this gateway and reports how many connections it reached. Waits for room in
+    /// the dispatcher's queue and then for the shards' answers until `deadline`.
     ///
     /// # Errors
     ///
@@ -73,7 +75,7 @@ impl LocalBroker {
     pub async fn publish(
         &self,
         users: Vec<UserId>,
-        frame: Bytes,
+        body: Body,
         deadline: Deadline,
     ) -> Result<Outcome, LocalError> {
         let mut replies = Vec::with_capacity(users.len());
@@ -85,7 +87,7 @@ impl LocalBroker {
                 (u, tx)
             })
             .collect();
-        match tokio::time::timeout_at(deadline, self.tx.send(Command { users, frame })).await {
+        match tokio::time::timeout_at(deadline, self.tx.send(Command { users, body })).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(LocalError::NotQueued("the dispatcher has stopped")),
             Err(_) => return Err(LocalError::NotQueued("the dispatcher's queue stayed full")),
@@ -94,7 +96,10 @@ impl LocalBroker {
         let collect = async {
             for rx in replies {
                 match rx.await {
-                    Ok(n) => outcome.recipients += n,
+                    Ok(reached) => {
+                        outcome.recipients += reached.recipients;
+                        outcome.repeated_users += u32::from(reached.repeated);
+                    }
                     Err(_) => outcome.dropped_users += 1,
                 }
             }

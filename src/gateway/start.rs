@@ -29,6 +29,7 @@ use crate::{
         dispatch::Dispatcher,
         local::LocalBroker,
         redis::{
+            history::{self as redis_history, HistoryReader, Keys},
             publisher::Publisher,
             requests,
             subscriber::Subscriber,
@@ -46,6 +47,7 @@ use crate::{
         self, Driver, Limits, ShardSetup,
         handoff::Outlets,
         handshake_limit::HandshakeLimit,
+        history::{self, store::StoreLimits},
         inbox::Inbox,
         shared::{Shared, Slots},
         subscription::Gate,
@@ -308,6 +310,54 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
         }
         _ => ((0..shards).map(|_| None).collect::<Vec<_>>(), None),
     };
+    // History: single node in each shard's memory; with Redis, read by the history thread.
+    let keys = Keys {
+        prefix: cfg.history_key_prefix.clone(),
+        size: cfg.history_size,
+        ttl: cfg.history_ttl,
+        max_replay_bytes: cfg.outbox_max_bytes,
+    };
+    // True while the Redis subscription is in force: `/readyz`, and history reads (a history
+    // read before it would miss the live notifications that follow it).
+    let subscribed = Arc::new(AtomicBool::new(false));
+    let (mut histories, history_reader) = match (&redis, cfg.history_enabled) {
+        (_, false) => ((0..shards).map(|_| None).collect::<Vec<_>>(), None),
+        (None, true) => {
+            let limits = StoreLimits {
+                size: cfg.history_size,
+                user_bytes: cfg.outbox_max_bytes,
+                budget: cfg.history_max_bytes / shards,
+                ttl_ms: cfg.history_ttl.as_millis() as u64,
+            };
+            let setups = (0..shards)
+                .map(|_| Some(history_setup(cfg, history::Backend::Local(limits))))
+                .collect();
+            (setups, None)
+        }
+        (Some(target), true) => {
+            let (sides, reader) = redis_history::channels(shards, redis_history::READS_PER_SHARD);
+            let setups = sides
+                .into_iter()
+                .map(|side| {
+                    let backend = history::Backend::Redis(side, subscribed.clone());
+                    Some(history_setup(cfg, backend))
+                })
+                .collect();
+            let reader = HistoryReader::new(
+                target.clone(),
+                keys.clone(),
+                cfg.history_read_timeout,
+                reader,
+            );
+            (setups, Some(reader))
+        }
+    };
+    if let Some(reader) = history_reader {
+        reader.spawn().map_err(|e| StartError::Thread {
+            what: "Redis history reader".into(),
+            message: e.to_string(),
+        })?;
+    }
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
     let mut threads = Vec::with_capacity(shards);
     let shard_parts = ws_listeners
@@ -332,6 +382,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
             },
             outlets: Outlets::new(outlets, doorbells.clone()),
             subscription: gates[id].take(),
+            history: histories[id].take(),
             ready: ready_tx.clone(),
         };
         let ready = ready_tx.clone();
@@ -381,9 +432,9 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
                 message: e.to_string(),
             })?,
             timeout: cfg.publish_timeout,
+            history: cfg.history_enabled,
         },
         Some(target) => {
-            let subscribed = Arc::new(AtomicBool::new(false));
             Subscriber {
                 target: target.clone(),
                 prefix: cfg.redis_channel_prefix.clone(),
@@ -406,6 +457,7 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
                     target,
                     cfg.redis_channel_prefix.clone(),
                     cfg.publish_timeout,
+                    cfg.history_enabled.then_some(keys),
                 )),
                 subscribed,
             }
@@ -445,6 +497,15 @@ pub fn start(cfg: &Config, auth: Authenticator) -> Result<Gateway, StartError> {
         threads,
         doorbells: shard_doorbells,
     })
+}
+
+/// A shard's history setup with `backend`.
+fn history_setup(cfg: &Config, backend: history::Backend) -> history::Setup {
+    history::Setup {
+        backend,
+        live_buffer: cfg.history_live_buffer,
+        read_timeout: cfg.history_read_timeout,
+    }
 }
 
 /// One listener per shard on the same address with `SO_REUSEPORT`, so the kernel spreads

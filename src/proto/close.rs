@@ -28,6 +28,9 @@ pub enum CloseCode {
     Extension1010,
     /// The connection's token expired (`TOKEN_EXPIRY_CLOSE`); private-use code.
     TokenExpired4001,
+    /// The connection may have missed notifications it can recover (history): the client should
+    /// reconnect at once with `since` and `epoch`; private-use code.
+    Recover4002,
     /// An application code (3000-4999) a client closed with, echoed. Counted as one label;
     /// [`Self::code`] is the range's first code, never sent as such.
     Application,
@@ -35,7 +38,7 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Number of codes.
-    pub const N: usize = 12;
+    pub const N: usize = 13;
     /// Every code, in declaration order (index = `code as usize`).
     pub const ALL: [Self; Self::N] = [
         Self::Normal1000,
@@ -49,6 +52,7 @@ impl CloseCode {
         Self::Unsupported1003,
         Self::Extension1010,
         Self::TokenExpired4001,
+        Self::Recover4002,
         Self::Application,
     ];
 
@@ -66,6 +70,7 @@ impl CloseCode {
             Self::Unsupported1003 => 1003,
             Self::Extension1010 => 1010,
             Self::TokenExpired4001 => 4001,
+            Self::Recover4002 => 4002,
             Self::Application => 3000,
         }
     }
@@ -84,6 +89,7 @@ impl CloseCode {
             Self::Unsupported1003 => "1003",
             Self::Extension1010 => "1010",
             Self::TokenExpired4001 => "4001",
+            Self::Recover4002 => "4002",
             Self::Application => "3000-4999",
         }
     }

@@ -211,7 +211,7 @@ fn text_frame(len: usize, body: impl FnOnce(&mut Vec<u8>)) -> Bytes {
 }
 
 /// Length of `s` once escaped as the inside of a JSON string.
-fn escaped_len(s: &str) -> usize {
+pub(crate) fn escaped_len(s: &str) -> usize {
     s.bytes()
         .map(|b| match b {
             b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0C => 2,
@@ -223,7 +223,7 @@ fn escaped_len(s: &str) -> usize {
 
 /// Appends `s` escaped as the inside of a JSON string (quotes, backslashes and control
 /// characters; other characters verbatim).
-fn push_escaped(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_escaped(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     let mut start = 0;

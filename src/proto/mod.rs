@@ -8,9 +8,12 @@
 //! - [`jwt`]: bearer-token verification, down to a [`UserId`](user::UserId).
 //! - [`user`]: the one definition of a valid user id.
 //! - [`payload`]: notification validation and normalisation into a finished text frame.
+//! - [`history`]: recovery on reconnect: the `since`/`epoch` query, the `offset`/`epoch` fields
+//!   of recorded notifications, the rule that decides whether a replay closes a gap.
 
 pub mod close;
 pub mod frame;
+pub mod history;
 pub mod jwt;
 pub mod message;
 pub mod payload;

@@ -11,6 +11,10 @@
 //!
 //! Validation uses simd-json on a thread-local scratch copy (with the padding simd-json wants)
 //! and a reused tape, so a steady stream of payloads allocates nothing but the output frame.
+//!
+//! With history (issue 10) the same single parse also reports a recorded notification's place
+//! in its user's history ([`normalize_marked`]), and the publish API refuses payloads that
+//! already carry the `"offset"` or `"epoch"` the gateway sets ([`normalize_for_history`]).
 
 use std::{borrow::Cow, cell::RefCell};
 
@@ -19,10 +23,13 @@ use serde::{
     Deserialize, Deserializer,
     de::{IgnoredAny, MapAccess, Visitor},
 };
-use simd_json::{Buffers, ErrorType, INPUT_PADDING, Tape};
+use simd_json::{Buffers, ErrorType, INPUT_PADDING, Tape, prelude::ValueAsScalar};
 use thiserror::Error;
 
-use super::frame::{text_header_len, write_text_header};
+use super::{
+    frame::{text_header_len, write_text_header},
+    history::{Mark, epoch_hash},
+};
 
 /// Why a payload was refused.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +51,10 @@ pub enum PayloadError {
     /// The payload is valid JSON but not an object.
     #[error("payload is not a JSON object")]
     NotAnObject,
+    /// The payload already has a top-level `"offset"` or `"epoch"`, which the gateway sets on
+    /// every recorded notification.
+    #[error("payload already has \"offset\" or \"epoch\", which the gateway sets")]
+    ReservedField,
 }
 
 impl PayloadError {
@@ -55,6 +66,7 @@ impl PayloadError {
             Self::TooLarge { .. } => "too_large",
             Self::NotJson => "not_json",
             Self::NotAnObject => "not_an_object",
+            Self::ReservedField => "reserved_field",
         }
     }
 }
@@ -78,6 +90,7 @@ thread_local! {
 }
 
 /// What validation found about a payload object.
+#[derive(Default)]
 struct Shape {
     /// A top-level `"type"` key exists.
     has_type: bool,
@@ -85,10 +98,15 @@ struct Shape {
     has_timestamp: bool,
     /// The object has at least one key.
     non_empty: bool,
+    /// Looked for only when asked (history on): a top-level `"offset"` or `"epoch"` exists.
+    has_reserved: bool,
+    /// Looked for only when asked: an unsigned integer `"offset"` and a string `"epoch"`.
+    mark: Option<Mark>,
 }
 
-/// Parses `payload` and reports its top-level shape.
-fn inspect(payload: &[u8]) -> Result<Shape, PayloadError> {
+/// Parses `payload` and reports its top-level shape; `history` also looks for the two fields
+/// of a recorded notification.
+fn inspect(payload: &[u8], history: bool) -> Result<Shape, PayloadError> {
     PARSER.with_borrow_mut(|parser| {
         let Parser {
             scratch,
@@ -104,10 +122,24 @@ fn inspect(payload: &[u8]) -> Result<Shape, PayloadError> {
             Ok(()) => local
                 .as_value()
                 .as_object()
-                .map(|object| Shape {
-                    has_type: object.get("type").is_some(),
-                    has_timestamp: object.get("timestamp").is_some(),
-                    non_empty: !object.is_empty(),
+                .map(|object| {
+                    let mut shape = Shape {
+                        has_type: object.get("type").is_some(),
+                        has_timestamp: object.get("timestamp").is_some(),
+                        non_empty: !object.is_empty(),
+                        ..Shape::default()
+                    };
+                    if history {
+                        let (offset, epoch) = (object.get("offset"), object.get("epoch"));
+                        shape.has_reserved = offset.is_some() || epoch.is_some();
+                        let epoch =
+                            epoch.and_then(|e| e.as_str().map(|s| epoch_hash(s.as_bytes())));
+                        shape.mark = offset
+                            .and_then(|o| o.as_u64())
+                            .zip(epoch)
+                            .map(|(offset, epoch)| Mark { offset, epoch });
+                    }
+                    shape
                 })
                 .ok_or(PayloadError::NotAnObject),
             // Numbers outside the i64/u64/f64 range (which JSON allows): rare, take the slow path.
@@ -134,18 +166,75 @@ fn inspect_slow(payload: &[u8]) -> Result<Shape, PayloadError> {
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut shape = Shape {
-                has_type: false,
-                has_timestamp: false,
-                non_empty: false,
-            };
+            let mut shape = Shape::default();
+            let (mut offset, mut epoch) = (None, None);
             while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                 shape.non_empty = true;
                 shape.has_type |= key == "type";
                 shape.has_timestamp |= key == "timestamp";
-                map.next_value::<IgnoredAny>()?;
+                match &*key {
+                    "offset" => offset = Some(map.next_value::<Scalar>()?),
+                    "epoch" => epoch = Some(map.next_value::<Scalar>()?),
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            shape.has_reserved = offset.is_some() || epoch.is_some();
+            if let (Some(Scalar::U64(offset)), Some(Scalar::Str(epoch))) = (offset, epoch) {
+                shape.mark = Some(Mark { offset, epoch });
             }
             Ok(shape)
+        }
+    }
+
+    /// A field value, as far as a [`Mark`] cares: an unsigned integer, a string (hashed), or
+    /// anything else (skipped without materialising it).
+    enum Scalar {
+        U64(u64),
+        Str(u64),
+        Other,
+    }
+
+    impl<'de> Deserialize<'de> for Scalar {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct ScalarVisitor;
+            impl<'de> Visitor<'de> for ScalarVisitor {
+                type Value = Scalar;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("any JSON value")
+                }
+                fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                    Ok(Scalar::U64(v))
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Scalar, E> {
+                    Ok(Scalar::Other)
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
+                    Ok(Scalar::Other)
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
+                    Ok(Scalar::Other)
+                }
+                fn visit_unit<E>(self) -> Result<Scalar, E> {
+                    Ok(Scalar::Other)
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                    Ok(Scalar::Str(epoch_hash(v.as_bytes())))
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Scalar, A::Error> {
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Scalar::Other)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(Scalar::Other)
+                }
+            }
+            deserializer.deserialize_any(ScalarVisitor)
         }
     }
 
@@ -190,6 +279,52 @@ pub fn normalize_to_frame(
     now_ms: u64,
     max_bytes: usize,
 ) -> Result<Bytes, PayloadError> {
+    let (shape, brace) = check(payload, max_bytes, false)?;
+    Ok(frame(payload, brace, &shape, now_ms))
+}
+
+/// [`normalize_to_frame`] for a gateway with history: also returns where the notification sits
+/// in its user's history when it carries an unsigned integer `"offset"` and a string `"epoch"`
+/// at the top level (everything recorded does; a plain `PUBLISH` does not). Same parse, same
+/// frame.
+///
+/// # Errors
+///
+/// As [`normalize_to_frame`].
+pub fn normalize_marked(
+    payload: &[u8],
+    now_ms: u64,
+    max_bytes: usize,
+) -> Result<(Bytes, Option<Mark>), PayloadError> {
+    let (shape, brace) = check(payload, max_bytes, true)?;
+    Ok((frame(payload, brace, &shape, now_ms), shape.mark))
+}
+
+/// The publish API's check with history on: the payload normalised as in
+/// [`normalize_to_frame`], returned as JSON text (the offset and epoch are spliced in later,
+/// per user), and refused when it already has either field the gateway sets.
+///
+/// # Errors
+///
+/// As [`normalize_to_frame`], plus [`PayloadError::ReservedField`].
+pub fn normalize_for_history(
+    payload: &[u8],
+    now_ms: u64,
+    max_bytes: usize,
+) -> Result<Vec<u8>, PayloadError> {
+    let (shape, brace) = check(payload, max_bytes, true)?;
+    if shape.has_reserved {
+        return Err(PayloadError::ReservedField);
+    }
+    let len = payload.len() + added_len(&shape, now_ms);
+    let mut out = Vec::with_capacity(len);
+    write_normalized(payload, brace, &shape, now_ms, &mut out);
+    debug_assert_eq!(out.len(), len);
+    Ok(out)
+}
+
+/// Size, emptiness and JSON checks; the shape and the position of the opening `{`.
+fn check(payload: &[u8], max_bytes: usize, history: bool) -> Result<(Shape, usize), PayloadError> {
     if payload.len() > max_bytes {
         return Err(PayloadError::TooLarge {
             len: payload.len(),
@@ -199,10 +334,11 @@ pub fn normalize_to_frame(
     let Some(brace) = payload.iter().position(|b| !is_json_whitespace(*b)) else {
         return Err(PayloadError::Empty);
     };
-    let shape = inspect(payload)?;
-    // A valid object starts with `{` after whitespace.
-    let (head, tail) = payload.split_at(brace + 1);
+    Ok((inspect(payload, history)?, brace))
+}
 
+/// Bytes the normalisation adds.
+fn added_len(shape: &Shape, now_ms: u64) -> usize {
     let mut added = 0;
     if !shape.has_type {
         added += TYPE_FIELD.len();
@@ -216,31 +352,42 @@ pub fn normalize_to_frame(
     if added > 0 && shape.non_empty {
         added += 1; // the comma before the existing fields
     }
+    added
+}
 
-    let body_len = payload.len() + added;
+/// The finished text frame of a checked payload, in one exact-size allocation.
+fn frame(payload: &[u8], brace: usize, shape: &Shape, now_ms: u64) -> Bytes {
+    let body_len = payload.len() + added_len(shape, now_ms);
     let mut out = Vec::with_capacity(text_header_len(body_len) + body_len);
     write_text_header(body_len, &mut out);
-    if added == 0 {
+    write_normalized(payload, brace, shape, now_ms, &mut out);
+    debug_assert_eq!(out.len(), out.capacity());
+    Bytes::from(out)
+}
+
+/// Appends the normalised payload: the missing fields right after the `{` at `brace`.
+fn write_normalized(payload: &[u8], brace: usize, shape: &Shape, now_ms: u64, out: &mut Vec<u8>) {
+    if shape.has_type && shape.has_timestamp {
         out.extend_from_slice(payload);
-    } else {
-        out.extend_from_slice(head);
-        if !shape.has_type {
-            out.extend_from_slice(TYPE_FIELD);
-            if !shape.has_timestamp {
-                out.push(b',');
-            }
-        }
+        return;
+    }
+    // A valid object starts with `{` after whitespace.
+    let (head, tail) = payload.split_at(brace + 1);
+    out.extend_from_slice(head);
+    if !shape.has_type {
+        out.extend_from_slice(TYPE_FIELD);
         if !shape.has_timestamp {
-            out.extend_from_slice(TIMESTAMP_KEY);
-            push_u64(&mut out, now_ms);
-        }
-        if shape.non_empty {
             out.push(b',');
         }
-        out.extend_from_slice(tail);
     }
-    debug_assert_eq!(out.len(), out.capacity());
-    Ok(Bytes::from(out))
+    if !shape.has_timestamp {
+        out.extend_from_slice(TIMESTAMP_KEY);
+        push_u64(out, now_ms);
+    }
+    if shape.non_empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(tail);
 }
 
 /// The field added when `"type"` is missing.
@@ -458,6 +605,77 @@ mod tests {
     }
 
     #[test]
+    fn marks_come_from_the_same_parse() {
+        let recorded = br#"{"offset":12,"epoch":"e-1","type":"t","timestamp":1}"#;
+        let (frame, mark) = normalize_marked(recorded, NOW, MAX).unwrap();
+        assert_eq!(
+            decode_text(&frame),
+            recorded,
+            "passed through byte for byte"
+        );
+        assert_eq!(
+            mark,
+            Some(Mark {
+                offset: 12,
+                epoch: epoch_hash(b"e-1")
+            })
+        );
+        // A plain PUBLISH, or fields of the wrong type, carry no mark.
+        for payload in [
+            &br#"{"a":1}"#[..],
+            br#"{"offset":-1,"epoch":"e"}"#,
+            br#"{"offset":1.5,"epoch":"e"}"#,
+            br#"{"offset":1,"epoch":2}"#,
+            br#"{"offset":1}"#,
+            br#"{"data":{"offset":1,"epoch":"e"}}"#,
+        ] {
+            assert_eq!(normalize_marked(payload, NOW, MAX).unwrap().1, None);
+        }
+        // The slow path (numbers beyond 64 bits) finds them too.
+        let big = br#"{"epoch":"e-1","n":1e999,"offset":12,"x":{"offset":3}}"#;
+        assert_eq!(
+            normalize_marked(big, NOW, MAX).unwrap().1,
+            Some(Mark {
+                offset: 12,
+                epoch: epoch_hash(b"e-1")
+            })
+        );
+    }
+
+    #[test]
+    fn history_refuses_payloads_with_the_reserved_fields() {
+        assert_eq!(
+            normalize_for_history(br#"{"a":1}"#, NOW, MAX).unwrap(),
+            br#"{"type":"notification","timestamp":1700000000123,"a":1}"#
+        );
+        assert_eq!(
+            normalize_for_history(br#" {"type":"t","timestamp":2} "#, NOW, MAX).unwrap(),
+            br#" {"type":"t","timestamp":2} "#
+        );
+        for payload in [
+            &br#"{"offset":1}"#[..],
+            br#"{"epoch":"x"}"#,
+            br#"{"offset":null}"#,
+            br#"{"a":1,"epoch":{}}"#,
+            br#"{"offs\u0065t":1}"#,
+            br#"{"n":1e999,"epoch":1}"#,
+        ] {
+            assert_eq!(
+                normalize_for_history(payload, NOW, MAX),
+                Err(PayloadError::ReservedField),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        // Nested ones are the publisher's business.
+        assert!(normalize_for_history(br#"{"data":{"offset":1}}"#, NOW, MAX).is_ok());
+        assert_eq!(
+            normalize_for_history(b"[1]", NOW, MAX),
+            Err(PayloadError::NotAnObject)
+        );
+    }
+
+    #[test]
     fn error_kinds() {
         assert_eq!(PayloadError::Empty.kind(), "empty");
         assert_eq!(
@@ -466,6 +684,7 @@ mod tests {
         );
         assert_eq!(PayloadError::NotJson.kind(), "not_json");
         assert_eq!(PayloadError::NotAnObject.kind(), "not_an_object");
+        assert_eq!(PayloadError::ReservedField.kind(), "reserved_field");
     }
 
     /// A payload with both fields, padded to exactly `len` bytes.

@@ -22,11 +22,15 @@
 //! request is either [`Parsed::Partial`] or gets the whole request's answer (tests/parsers).
 //!
 //! The bearer token is extracted but not judged here: verifying it is [`super::jwt`]'s job, and a
-//! missing token is turned into a 401 by the caller.
+//! missing token is turned into a 401 by the caller. Likewise the `since`/`epoch` pair of a
+//! reconnecting client ([`super::history`]) is read and checked here, but only a gateway with
+//! history turns a bad pair into a 400; without history it is ignored, as any unknown parameter.
 
 use std::borrow::Cow;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
+
+use super::history::{Resume, ResumeError, parse_resume};
 
 /// Most headers a request may carry; one more is answered with 431. Browsers send about 15.
 const MAX_HEADERS: usize = 32;
@@ -79,6 +83,9 @@ pub struct UpgradeRequest<'a> {
     pub token: Option<Cow<'a, str>>,
     /// The `Sec-WebSocket-Accept` value derived from the client's `Sec-WebSocket-Key`.
     pub accept_key: String,
+    /// The `since`/`epoch` pair of a client asking for a replay (`Ok(None)`: it does not), or why
+    /// the pair is unusable.
+    pub resume: Result<Option<Resume>, ResumeError>,
 }
 
 /// The HTTP statuses a handshake can be refused with.
@@ -285,10 +292,13 @@ pub fn parse_request<'a>(
         .and_then(query_token)
         .or_else(|| bearer_token(headers).map(Cow::Borrowed));
 
+    let resume = query.map_or(Ok(None), parse_resume);
+
     Ok(Parsed::Complete {
         request: UpgradeRequest {
             token,
             accept_key: tungstenite::handshake::derive_accept_key(key),
+            resume,
         },
         consumed,
     })

@@ -19,6 +19,7 @@ use crate::{
     metrics::{AuthFailure, ErrorType, HandshakeOutcome, TlsFailure},
     net::sys,
     proto::{
+        history::{Resume, ResumeError},
         jwt::AuthError,
         upgrade::{self, HandshakeError, Parsed, Status},
         user::UserId,
@@ -40,6 +41,8 @@ pub struct Admitted {
     pub slot: Slot,
     /// The token's `exp` (Unix seconds), if it has one.
     pub expires_at: Option<u64>,
+    /// What the client asked to recover (`since` + `epoch`; history only).
+    pub resume: Option<Box<Resume>>,
 }
 
 /// What reading the request produced.
@@ -49,6 +52,7 @@ enum Request {
         token: Option<String>,
         accept_key: String,
         leftover: Vec<u8>,
+        resume: Result<Option<Resume>, ResumeError>,
     },
     /// A request to refuse.
     Refuse(HandshakeError),
@@ -108,7 +112,7 @@ pub async fn admit(
         }
         Ok(Ok(request)) => request,
     };
-    let (token, accept_key, leftover) = match request {
+    let (token, accept_key, leftover, resume) = match request {
         Request::PlainOnTls => {
             shard.stats.inc_error(ErrorType::BadRequest);
             shard.stats.inc_tls_failure(TlsFailure::PlaintextHttp);
@@ -132,7 +136,19 @@ pub async fn admit(
             token,
             accept_key,
             leftover,
-        } => (token, accept_key, leftover),
+            resume,
+        } => (token, accept_key, leftover, resume),
+    };
+    // Without history `since` and `epoch` mean nothing, as any other unknown parameter.
+    let resume = match resume {
+        _ if shard.history.is_none() => None,
+        Ok(resume) => resume.map(Box::new),
+        Err(err) => {
+            shard.stats.inc_error(ErrorType::BadRequest);
+            let message = err.to_string();
+            refusal::refuse(shard, stream, Status::BadRequest, "bad_since", &message).await;
+            return None;
+        }
     };
     let verified = match token {
         None => Err(AuthError::Missing),
@@ -146,6 +162,7 @@ pub async fn admit(
             leftover,
             slot,
             expires_at: verified.expires_at,
+            resume,
         }),
         Err(err) => {
             shard.stats.inc_auth_failure(auth_failure(&err));
@@ -238,6 +255,7 @@ async fn read_request(shard: &Shard, stream: &Socket) -> io::Result<Request> {
                     token: request.token.map(|t| t.into_owned()),
                     accept_key: request.accept_key,
                     leftover: buf[consumed..].to_vec(),
+                    resume: request.resume,
                 });
             }
             Err(err) => return Ok(Request::Refuse(err)),

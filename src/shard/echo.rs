@@ -116,7 +116,7 @@ fn shard(max_message_bytes: usize) -> io::Result<Shard> {
         jwt_leeway_secs: 0,
     };
     let outlets = Outlets::new(vec![None], vec![Arc::new(Doorbell::default())]);
-    Shard::new(0, limits, shared, outlets, None)
+    Shard::new(0, limits, shared, outlets, None, None)
 }
 
 /// A random secret for the unused token verifier.

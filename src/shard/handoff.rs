@@ -10,7 +10,10 @@
 use std::{os::fd::OwnedFd, sync::Arc};
 
 use super::{shared::Slot, socket::Tls};
-use crate::{net::doorbell::Doorbell, proto::user::UserId};
+use crate::{
+    net::doorbell::Doorbell,
+    proto::{history::Resume, user::UserId},
+};
 
 /// A connection in transit between shards.
 pub struct Handoff {
@@ -28,6 +31,8 @@ pub struct Handoff {
     pub slot: Slot,
     /// The token's `exp` (Unix seconds), if it has one.
     pub expires_at: Option<u64>,
+    /// What the client asked to recover (`since` + `epoch`), boxed: rare, and 8 bytes here.
+    pub resume: Option<Box<Resume>>,
 }
 
 /// A shard's producer ends towards every other shard.

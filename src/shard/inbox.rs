@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     clock,
-    fanout::{Body, Delivery},
+    fanout::{Body, Delivery, Reached},
     metrics::{DropReason, RedisError},
     net::doorbell::Doorbell,
     proto::payload,
@@ -135,11 +135,26 @@ pub(crate) fn turn(shard: &Rc<Shard>, inbox: &mut Inbox, next_ring: &mut usize) 
 /// a connection that refuses it (closing, or overflowing) counts its own drop. Returns the
 /// number of connections visited.
 fn deliver(shard: &Rc<Shard>, delivery: Delivery) -> usize {
+    if let Some(history) = &shard.history
+        && history.takes(&delivery.body)
+    {
+        return super::history::deliver(shard, delivery);
+    }
     let registry = shard.registry.borrow();
     let mut conns = registry.user(&delivery.user).peekable();
     let local = conns.peek().is_some();
     let frame = match delivery.body {
         Body::Frame(frame) => Some(frame),
+        // Only a history records these (`History::takes`); without one there is no offset to
+        // give it, and nothing sends them.
+        Body::Record(record) => payload::normalize_to_frame(
+            &record.text,
+            clock::unix_ms(),
+            shard.limits.max_payload_bytes,
+        )
+        .ok(),
+        // Only history tracks offsets; the marker means nothing without it.
+        Body::Blind => return 0,
         // From Redis: validate and normalise once, and only for a user that is here.
         Body::Raw(_) if !local => None,
         Body::Raw(raw) => {
@@ -174,7 +189,10 @@ fn deliver(shard: &Rc<Shard>, delivery: Delivery) -> usize {
     match delivery.reply {
         // The publisher may have given up waiting; that is fine.
         Some(reply) => {
-            let _ = reply.send(recipients);
+            let _ = reply.send(Reached {
+                recipients,
+                repeated: false,
+            });
         }
         // From Redis: with pattern subscriptions every gateway sees every user's traffic and
         // drops what is not for its own connections.
@@ -239,6 +257,7 @@ mod tests {
                     leftover: Vec::new(),
                     slot: shard.shared.slots.try_reserve().unwrap(),
                     expires_at: None,
+                    resume: None,
                 };
                 assert!(hp.push(handoff).is_ok());
             }

@@ -13,6 +13,7 @@ pub mod echo;
 pub mod expiry;
 pub mod handoff;
 pub mod handshake_limit;
+pub mod history;
 pub mod inbox;
 pub mod reader;
 pub mod refusal;
@@ -127,6 +128,8 @@ pub struct Shard {
     /// wss://: the TLS configuration and the buffers TLS connections borrow (`None` without
     /// TLS, so a plain gateway allocates nothing for it).
     pub tls: Option<ShardTls>,
+    /// Notification history and recovery on reconnect (`HISTORY_ENABLED`).
+    pub history: Option<history::History>,
 }
 
 impl Shard {
@@ -138,6 +141,7 @@ impl Shard {
         shared: Arc<Shared>,
         outlets: Outlets,
         subscription: Option<subscription::Gate>,
+        history: Option<history::History>,
     ) -> io::Result<Self> {
         Ok(Self {
             id,
@@ -154,14 +158,16 @@ impl Shard {
             turn: Turn::start()?,
             expiries: RefCell::default(),
             tls: None,
+            history,
         })
     }
 
-    /// Reports that a user's last connection on this gateway is gone (per-user mode).
+    /// Reports that a user's last connection on this gateway is gone (per-user mode, history).
     pub fn user_left(&self, user: &str) {
         if let Some(gate) = &self.subscription {
             gate.left(user);
         }
+        history::left(self, user);
     }
 
     /// Monotonic milliseconds since the shard started.
@@ -207,6 +213,8 @@ pub struct ShardSetup {
     pub outlets: Outlets,
     /// The per-user subscription gate (per-user Redis mode).
     pub subscription: Option<subscription::Gate>,
+    /// The shard's history (`HISTORY_ENABLED`), built on the shard's thread.
+    pub history: Option<history::Setup>,
     /// Told `Ok(id)` once the shard serves (or the error that stopped it).
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
 }
@@ -249,6 +257,7 @@ async fn main(setup: ShardSetup) -> io::Result<()> {
         setup.shared,
         setup.outlets,
         setup.subscription,
+        setup.history.map(|h| history::History::new(setup.id, h)),
     )?;
     let tls = setup.tls.is_some();
     shard.tls = setup.tls.map(ShardTls::new);
@@ -264,6 +273,9 @@ async fn main(setup: ShardSetup) -> io::Result<()> {
     monoio::spawn(sweep::run(shard.clone()));
     if shard.subscription.is_some() {
         monoio::spawn(subscription::run(shard.clone()));
+    }
+    if shard.history.is_some() {
+        monoio::spawn(history::run(shard.clone()));
     }
     inbox::run(shard, setup.inbox).await;
     Ok(())

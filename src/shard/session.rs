@@ -1,6 +1,8 @@
 //! Establishing a session: an admitted connection goes to the shard that owns its user (handed
 //! over when another shard accepted it), is registered there, and only then gets its `101` and
 //! `connected`, so every notification published after the client saw `connected` reaches it.
+//! With history, `connected` says where the user's history stands and is followed, in the same
+//! write, by the replay the client asked for ([`history`]).
 
 use std::{rc::Rc, sync::atomic::Ordering::Relaxed};
 
@@ -8,15 +10,23 @@ use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use super::{
-    Shard, admission::Admitted, conn::Conn, expiry, handoff::Handoff, reader, refusal,
-    shared::Slot, socket::Socket, subscription,
+    Shard,
+    admission::Admitted,
+    conn::Conn,
+    expiry,
+    handoff::Handoff,
+    history::{self, Hello},
+    reader, refusal,
+    shared::Slot,
+    socket::Socket,
+    subscription,
 };
 use crate::{
     clock,
     fanout::route,
     metrics::{ErrorType, HandshakeOutcome},
     net::sys,
-    proto::{message, upgrade, upgrade::Status},
+    proto::{history::Resume, message, upgrade, upgrade::Status},
 };
 
 /// Opens the session of an admitted connection: here when this shard owns the user, else on the
@@ -31,16 +41,16 @@ pub async fn open(shard: &Rc<Shard>, admitted: Admitted) {
             leftover,
             slot,
             expires_at,
+            resume,
         } = admitted;
-        establish(
-            shard,
-            stream,
-            Rc::from(user.as_str()),
+        let session = Session {
             accept_key,
             leftover,
             slot,
             expires_at,
-        );
+            resume,
+        };
+        establish(shard, stream, Rc::from(user.as_str()), session);
         return;
     }
     if !shard.outlets.borrow().has_room(owner) {
@@ -59,6 +69,7 @@ pub async fn open(shard: &Rc<Shard>, admitted: Admitted) {
         leftover: admitted.leftover,
         slot: admitted.slot,
         expires_at: admitted.expires_at,
+        resume: admitted.resume,
     };
     if shard.outlets.borrow_mut().send(owner, handoff).is_err() {
         // Unreachable in practice (room was checked and this shard is the ring's only
@@ -74,18 +85,20 @@ pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
         .set_nonblocking(true)
         .and_then(|()| TcpStream::from_std(std_stream));
     match stream {
-        Ok(tcp) => establish(
-            shard,
-            Socket {
+        Ok(tcp) => {
+            let session = Session {
+                accept_key: handoff.accept_key,
+                leftover: handoff.leftover,
+                slot: handoff.slot,
+                expires_at: handoff.expires_at,
+                resume: handoff.resume,
+            };
+            let stream = Socket {
                 tcp,
                 tls: handoff.tls,
-            },
-            Rc::from(handoff.user.as_str()),
-            handoff.accept_key,
-            handoff.leftover,
-            handoff.slot,
-            handoff.expires_at,
-        ),
+            };
+            establish(shard, stream, Rc::from(handoff.user.as_str()), session);
+        }
         Err(err) => {
             shard.stats.inc_error(ErrorType::InternalError);
             tracing::warn!(shard = shard.id, error = %err, "could not adopt a handed-over socket");
@@ -93,34 +106,53 @@ pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
     }
 }
 
-/// [`greet`]s the connection once its user's Redis channel is subscribed (per-user mode; may
-/// wait in a task of its own, or refuse with 503), else at once.
-fn establish(
-    shard: &Rc<Shard>,
-    stream: Socket,
-    user: Rc<str>,
+/// What a connection brings to its session besides its socket and user.
+struct Session {
+    /// `Sec-WebSocket-Accept` for the 101.
     accept_key: String,
+    /// Bytes the client sent after the upgrade request.
     leftover: Vec<u8>,
+    /// Its slot against `MAX_CONNECTIONS`.
     slot: Slot,
+    /// The token's `exp`.
     expires_at: Option<u64>,
-) {
+    /// What the client asked to recover.
+    resume: Option<Box<Resume>>,
+}
+
+/// [`greet`]s the connection once its user's Redis channel is subscribed (per-user mode; may
+/// wait in a task of its own, or refuse with 503) and its history is read (history with Redis;
+/// likewise), else at once.
+fn establish(shard: &Rc<Shard>, stream: Socket, user: Rc<str>, session: Session) {
     let owner = shard.clone();
     subscription::when_subscribed(shard, user, stream, move |stream, user| {
-        greet(
-            &owner,
-            stream,
-            user,
-            &accept_key,
+        let Session {
+            accept_key,
             leftover,
             slot,
             expires_at,
-        );
+            resume,
+        } = session;
+        let shard = owner.clone();
+        history::when_recovered(&owner, stream, user, resume, move |stream, user, hello| {
+            greet(
+                &shard,
+                stream,
+                user,
+                &accept_key,
+                leftover,
+                slot,
+                expires_at,
+                hello,
+            );
+        });
     });
 }
 
-/// Registers the connection, answers the upgrade with `101` and `connected`, and starts its
-/// reader (which owns the slot from now on). Registration comes first, so every notification
-/// that follows reaches the client after `connected`.
+/// Registers the connection, answers the upgrade with `101`, `connected` and (history) the
+/// replay, and starts its reader (which owns the slot from now on). Registration comes first,
+/// so every notification that follows reaches the client after `connected`.
+#[allow(clippy::too_many_arguments)]
 fn greet(
     shard: &Rc<Shard>,
     stream: Socket,
@@ -129,6 +161,7 @@ fn greet(
     leftover: Vec<u8>,
     slot: Slot,
     expires_at: Option<u64>,
+    hello: Hello,
 ) {
     // Small writes: disable Nagle so a notification leaves at once.
     let _ = stream.tcp.set_nodelay(true);
@@ -138,6 +171,7 @@ fn greet(
         .borrow_mut()
         .insert(conn.clone(), shard.limits.max_connections_per_user);
     expiry::track(shard, &conn, expires_at);
+    history::joined(shard, &conn, hello.position);
     // The evicted connection gives its slot back before this client can see `connected`, so a
     // client that connects next never finds it still taken.
     if let Some(old) = inserted.evicted {
@@ -146,10 +180,25 @@ fn greet(
     shard.stats.connections_active.fetch_add(1, Relaxed);
     shard.stats.inc_handshake(HandshakeOutcome::Accepted);
     tracing::debug!(shard = shard.id, user = %conn.user, "connected");
-    let connected = message::connected_frame(&conn.user, clock::unix_ms());
-    let mut greeting = Vec::with_capacity(160 + connected.len());
+    let connected = hello
+        .connected
+        .unwrap_or_else(|| message::connected_frame(&conn.user, clock::unix_ms()));
+    let extra: usize = hello.frames.iter().map(|f| f.len()).sum();
+    let mut greeting = Vec::with_capacity(160 + connected.len() + extra);
     upgrade::write_switching_protocols(accept_key, &mut greeting);
     greeting.extend_from_slice(&connected);
+    for frame in &hello.frames {
+        greeting.extend_from_slice(frame);
+    }
+    if hello.replayed > 0 {
+        shard.stats.history.add_replayed(hello.replayed);
+    }
+    for received in &hello.live {
+        // Live notifications kept during the history read: sent now, in the greeting.
+        shard.stats.add_sent(1);
+        let us = received.elapsed().as_micros() as u64;
+        shard.stats.delivery_latency.observe_us(us);
+    }
     conn.hold(slot);
     conn.send(shard, Bytes::from(greeting));
     monoio::spawn(reader::run::<reader::GatewayMessages>(

@@ -67,7 +67,7 @@ pub(crate) fn shard(limits: Limits) -> Rc<Shard> {
         Duration::ZERO,
     ));
     let outlets = Outlets::new(vec![None], vec![Arc::new(Doorbell::default())]);
-    Rc::new(Shard::new(0, limits, shared, outlets, None).expect("shard state"))
+    Rc::new(Shard::new(0, limits, shared, outlets, None, None).expect("shard state"))
 }
 
 /// Real loopback connections: the server ends become [`Conn`]s, the client ends are kept here

@@ -47,7 +47,14 @@ impl RedisProc {
     /// Starts a server on `port` with extra arguments (e.g. `--replicaof`).
     pub fn start_on(port: u16, extra: &[&str]) -> Self {
         require("redis-server");
+        // A directory of its own: a replica writes the RDB of its first sync to its working
+        // directory, and any server started there later would load it (state leaking from one
+        // test into the next).
+        let dir = std::env::temp_dir().join(format!("chat4all-redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
         let mut args: Vec<String> = [
+            "--dir",
+            &dir.display().to_string(),
             "--port",
             &port.to_string(),
             "--bind",
@@ -217,6 +224,9 @@ impl Drop for RedisProc {
         self.kill9();
         if let Some(conf) = &self.sentinel_conf {
             let _ = std::fs::remove_dir_all(conf.parent().unwrap());
+        } else {
+            let dir = std::env::temp_dir().join(format!("chat4all-redis-{}", self.port));
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -72,7 +72,7 @@ async fn read_responses(w: Rc<Worker>, mut r: OwnedReadHalf, gen_: u32) {
             match http::next_response(&buf[used..len]) {
                 Ok(Some((status, n))) => {
                     used += n;
-                    let front = w.inflight.borrow_mut().pop_front();
+                    let front = take_answered(&w, gen_);
                     if !(200..300).contains(&status) {
                         w.redis_errors.set(w.redis_errors.get() + 1);
                         if let Some((u, seq, _)) = front {
@@ -102,6 +102,21 @@ async fn read_responses(w: Rc<Worker>, mut r: OwnedReadHalf, gen_: u32) {
         };
         let Some((u, seq, _)) = front else { break };
         w.void(u as usize, seq);
+    }
+}
+
+/// The request an answer on connection `gen_` belongs to: the oldest of that connection's.
+/// Requests of an older connection still queued in front of it are voided first: that
+/// connection is gone and will never answer them (its reader may not have noticed yet), so
+/// their outcome is unknown. Without this, answers on a new connection were matched to a dead
+/// one's requests, counting them published and reporting them lost.
+fn take_answered(w: &Rc<Worker>, gen_: u32) -> Option<(u32, u64, u32)> {
+    loop {
+        let front = w.inflight.borrow_mut().pop_front()?;
+        if front.2 >= gen_ {
+            return Some(front);
+        }
+        w.void(front.0 as usize, front.1);
     }
 }
 

@@ -5,8 +5,10 @@
 //! the subscription and feeds the shards, over its own connection (`link`, decoding `resp`,
 //! matching replies and judging liveness with `replies`), handling what arrives in `incoming`; `membership` decides per-user
 //! SUBSCRIBE/UNSUBSCRIBE and answers the shards' wants, which travel over `requests`;
-//! `publisher` serves the publish API by PUBLISHing.
+//! `publisher` serves the publish API by PUBLISHing; with history, `history` holds the script
+//! that records and reads users' histories and the thread that reads them for the shards.
 
+pub mod history;
 pub mod incoming;
 pub mod link;
 pub mod membership;

@@ -21,9 +21,11 @@
 //! reply); redis-rs's own response timeout (500 ms by default) is switched off so the
 //! documented value is the real one.
 //!
-//! Where issue 10's `Idempotency-Key` fits: the same script can `SET key result NX EX ttl`
-//! before publishing and return the stored result instead when the key exists, atomically with
-//! the PUBLISHes, so a retry after a 504 publishes nothing twice.
+//! With history (issue 10) the script is the history script instead
+//! ([`history::SCRIPT`](super::history::SCRIPT)): still one call per request with the payload
+//! once, it records the notification for every user (giving it its offset and epoch) and
+//! PUBLISHes it, atomically. An `Idempotency-Key` is checked and stored by the same call, so a
+//! retry after a 504 records and publishes nothing twice.
 
 use std::time::Duration;
 
@@ -34,12 +36,13 @@ use redis::{
 use thiserror::Error;
 use tokio::{sync::Mutex, time::Instant};
 
-use super::target::Target;
+use super::{history::Keys, target::Target};
 use crate::proto::user::UserId;
 
-/// The fan-out script. `ARGV[1]` is the payload, `ARGV[2..]` the channels. `redis.pcall` so that
-/// a channel Redis refuses (an ACL without that channel) does not abort the others half-way;
-/// returns `{receivers, refused channels, first refusal}`.
+/// The fan-out script (history off). `ARGV[1]` is the payload, `ARGV[2..]` the channels.
+/// `redis.pcall` so that a channel Redis refuses (an ACL without that channel) does not abort the
+/// others half-way; returns `{receivers, refused channels, first refusal, 0}` (the last is the
+/// history script's "repeated", never set here).
 const SCRIPT: &str = "\
 local receivers, refused, first = 0, 0, ''
 for i = 2, #ARGV do
@@ -51,7 +54,7 @@ for i = 2, #ARGV do
     receivers = receivers + r
   end
 end
-return {receivers, refused, first}";
+return {receivers, refused, first, 0}";
 
 /// How a publish failed.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -79,6 +82,16 @@ pub enum PublishError {
     },
 }
 
+/// What a publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Redis subscribers that received it, summed over users.
+    pub receivers: u32,
+    /// History: the idempotency key was used already; this is the first call's result and
+    /// nothing was recorded or published now.
+    pub repeated: bool,
+}
+
 /// Publishes notifications to Redis.
 pub struct Publisher {
     /// Where Redis is.
@@ -87,27 +100,49 @@ pub struct Publisher {
     prefix: String,
     /// The whole budget of one publish.
     timeout: Duration,
+    /// With history: the keys and bounds the history script is called with.
+    history: Option<Keys>,
     /// The connection and the script's SHA1 on it, once made.
     conn: Mutex<Option<Loaded>>,
 }
 
 /// A connection with the script loaded.
 #[derive(Clone)]
-struct Loaded {
+pub(super) struct Loaded {
     /// Multiplexed: concurrent publishes share it.
-    con: MultiplexedConnection,
+    pub(super) con: MultiplexedConnection,
     /// `SCRIPT LOAD`'s answer.
-    sha: String,
+    pub(super) sha: String,
 }
 
 impl Publisher {
-    /// A publisher that connects on first use and gives each publish `timeout` in total.
-    pub fn new(target: Target, prefix: String, timeout: Duration) -> Self {
+    /// A publisher that connects on first use and gives each publish `timeout` in total; with
+    /// `history`, every publish is recorded.
+    pub fn new(target: Target, prefix: String, timeout: Duration, history: Option<Keys>) -> Self {
         Self {
             target,
             prefix,
             timeout,
+            history,
             conn: Mutex::new(None),
+        }
+    }
+
+    /// The whole budget of one call.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether publishes are recorded in history.
+    pub fn history(&self) -> bool {
+        self.history.is_some()
+    }
+
+    /// The script this publisher runs.
+    fn script(&self) -> &'static str {
+        match self.history {
+            Some(_) => super::history::SCRIPT,
+            None => SCRIPT,
         }
     }
 
@@ -118,27 +153,45 @@ impl Publisher {
     ///
     /// [`PublishError`]: whether the notification was not sent, may have been, or was for some
     /// users only.
-    pub async fn publish(&self, users: &[UserId], payload: Bytes) -> Result<u32, PublishError> {
+    pub async fn publish(
+        &self,
+        users: &[UserId],
+        payload: Bytes,
+        idempotency: Option<&str>,
+    ) -> Result<Published, PublishError> {
         let deadline = Instant::now() + self.timeout;
         let mut loaded = self.connection(deadline).await?;
         // The script's SHA1 depends only on its text, so the command is built once (one copy
         // of the payload) and survives a reload of the script.
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&loaded.sha).arg(0).arg(&payload[..]);
-        drop(payload);
-        for user in users {
-            cmd.arg(format!("{}{user}", self.prefix));
+        cmd.arg(&loaded.sha);
+        match &self.history {
+            None => {
+                cmd.arg(0).arg(&payload[..]);
+                for user in users {
+                    cmd.arg(format!("{}{user}", self.prefix));
+                }
+            }
+            Some(keys) => {
+                keys.publish_command(&mut cmd, users, &payload, idempotency, &self.prefix)
+            }
         }
+        drop(payload);
         let mut reloaded = false;
         loop {
             let reply = tokio::time::timeout_at(
                 deadline,
-                cmd.query_async::<(u32, u32, String)>(&mut loaded.con),
+                cmd.query_async::<(u32, u32, String, Option<u32>)>(&mut loaded.con),
             )
             .await;
             let err = match reply {
-                Ok(Ok((receivers, 0, _))) => return Ok(receivers),
-                Ok(Ok((receivers, refused, first))) => {
+                Ok(Ok((receivers, 0, _, repeated))) => {
+                    return Ok(Published {
+                        receivers,
+                        repeated: repeated == Some(1),
+                    });
+                }
+                Ok(Ok((receivers, refused, first, _))) => {
                     let total = users.len() as u32;
                     return Err(if refused >= total {
                         PublishError::NotSent(format!("Redis refused every channel: {first}"))
@@ -165,7 +218,7 @@ impl Publisher {
                 // never loaded it): load it again and retry, once. Nothing ran the first time.
                 Failure::NoScript if !reloaded => {
                     reloaded = true;
-                    tokio::time::timeout_at(deadline, load_script(&mut loaded.con))
+                    tokio::time::timeout_at(deadline, load_script(&mut loaded.con, self.script()))
                         .await
                         .map_err(|_| PublishError::NotSent("Redis did not answer in time".into()))?
                         .map_err(|e| PublishError::NotSent(e.to_string()))?;
@@ -185,7 +238,7 @@ impl Publisher {
 
     /// The cached connection, or a new one with the script loaded; any failure here means
     /// nothing was sent.
-    async fn connection(&self, deadline: Instant) -> Result<Loaded, PublishError> {
+    pub(super) async fn connection(&self, deadline: Instant) -> Result<Loaded, PublishError> {
         let late = || PublishError::NotSent("timed out connecting to Redis".into());
         let mut slot = tokio::time::timeout_at(deadline, self.conn.lock())
             .await
@@ -215,7 +268,7 @@ impl Publisher {
         .await
         .map_err(|_| late())?
         .map_err(|e| not_sent(&e))?;
-        let sha = tokio::time::timeout_at(deadline, load_script(&mut con))
+        let sha = tokio::time::timeout_at(deadline, load_script(&mut con, self.script()))
             .await
             .map_err(|_| late())?
             .map_err(|e| not_sent(&e))?;
@@ -225,22 +278,26 @@ impl Publisher {
     }
 
     /// Drops the cached connection, so the next publish connects afresh.
-    async fn forget(&self) {
+    pub(super) async fn forget(&self) {
         *self.conn.lock().await = None;
     }
 }
 
-async fn load_script(con: &mut MultiplexedConnection) -> redis::RedisResult<String> {
+/// `SCRIPT LOAD`s `script`; its SHA1.
+pub(super) async fn load_script(
+    con: &mut MultiplexedConnection,
+    script: &str,
+) -> redis::RedisResult<String> {
     redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg(SCRIPT)
+        .arg(script)
         .query_async(con)
         .await
 }
 
 /// What a failed command means for its outcome.
 #[derive(Debug, PartialEq, Eq)]
-enum Failure {
+pub(super) enum Failure {
     /// `NOSCRIPT`: the script is not loaded; nothing ran.
     NoScript,
     /// Any other error reply: Redis refused the command before running it (a script runs whole
@@ -250,7 +307,7 @@ enum Failure {
     Broken,
 }
 
-fn classify(err: &RedisError) -> Failure {
+pub(super) fn classify(err: &RedisError) -> Failure {
     match err.kind() {
         ErrorKind::Server(ServerErrorKind::NoScript) => Failure::NoScript,
         _ if err.code().is_some() => Failure::Refused,

@@ -130,6 +130,9 @@ impl Subscriber {
                 // This outage is a new one: warn about it once.
                 logged_down = false;
                 lost_at = Some(last_rx);
+                // Behind everything the lost connection delivered, before anything the next
+                // one will: the shards' history checks the next offsets strictly.
+                self.dispatcher.broadcast_blind();
             }
             self.ready
                 .store(false, std::sync::atomic::Ordering::Release);
