@@ -760,3 +760,21 @@ async fn a_new_epoch_after_a_lost_subscription_closes_established_clients_4002()
     publish(&gw, "yan", r#"{"n":4}"#).await;
     expect_offsets(&mut c, 3, 1, &e2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_restart_clients_without_a_later_notification_are_closed_4002() {
+    let mut r = RedisProc::start();
+    let gw = start_with(&redis_args(&r, "pattern", &[]));
+    wait_ready(&gw).await;
+    let (mut c, hello) = join(&gw, "ann", None).await;
+    let e = epoch(&hello);
+    publish(&gw, "ann", r#"{"n":1}"#).await;
+    expect_offsets(&mut c, 1, 1, &e).await;
+    // Redis loses everything; nothing more is published for ann. Once subscribed again the
+    // gateway reads ann's history, finds another epoch, and closes for a recovery.
+    r.restart();
+    assert_eq!(close_code(&mut c).await, 4002);
+    assert_eq!(gw.metric("history_resubscribe_closes_total").await, 1.0);
+    let (_, hello) = join(&gw, "ann", Some((1, &e))).await;
+    assert_eq!(hello["recovered"], false, "{hello}");
+}

@@ -54,6 +54,8 @@ pub struct HistoryStats {
     /// Redis: connections without `since` let in with the plain `connected` because the history
     /// could not be read.
     pub unread: AtomicU64,
+    /// Redis: connections closed with 4002 by the check after a lost subscription.
+    pub blind_closed: AtomicU64,
     /// Time from sending a history read to its answer (Redis mode).
     pub read_latency: LatencyHistogram,
     /// Single node: bytes of history held.
@@ -77,6 +79,12 @@ impl HistoryStats {
         self.replayed.fetch_add(n, Relaxed);
     }
 
+    /// Counts connections closed (4002) by the check after a lost Redis subscription.
+    #[inline]
+    pub fn inc_unread_gap(&self, n: u64) {
+        self.blind_closed.fetch_add(n, Relaxed);
+    }
+
     /// Counts a connection let in without its history position.
     #[inline]
     pub fn inc_unread(&self) {
@@ -97,6 +105,7 @@ impl HistoryStats {
         i(&total.users, &self.users);
         u(&total.replayed, &self.replayed);
         u(&total.unread, &self.unread);
+        u(&total.blind_closed, &self.blind_closed);
         u(&total.read_latency.sum_us, &self.read_latency.sum_us);
         let arrays: [(&[AtomicU64], &[AtomicU64]); 3] = [
             (&total.recoveries, &self.recoveries),
@@ -121,6 +130,10 @@ const UNREAD: Family = (
     "history_unread_connections",
     "Connections without since let in with the plain connected: the history could not be read.",
 );
+const BLIND_CLOSED: Family = (
+    "history_resubscribe_closes",
+    "Connections closed (4002) after a lost Redis subscription: their history moved meanwhile.",
+);
 const READ_LATENCY: Family = (
     "history_read_latency_seconds",
     "Time from asking Redis for a user's history to its answer, per upgrade.",
@@ -144,10 +157,11 @@ const REPEATS: Family = (
 
 /// Every family this module exports, for the exposition tests.
 #[cfg(test)]
-pub(super) const FAMILIES: [(&str, &str); 8] = [
+pub(super) const FAMILIES: [(&str, &str); 9] = [
     ("history_recoveries", "counter"),
     ("history_replayed_notifications", "counter"),
     ("history_unread_connections", "counter"),
+    ("history_resubscribe_closes", "counter"),
     ("history_read_latency_seconds", "histogram"),
     ("history_bytes", "gauge"),
     ("history_users", "gauge"),
@@ -161,6 +175,7 @@ pub(super) fn encode(e: &mut DescriptorEncoder, t: &HistoryStats, repeats: u64) 
     labelled::<Recovery>(e, RECOVERIES, &t.recoveries)?;
     counter(e, REPLAYED, &t.replayed)?;
     counter(e, UNREAD, &t.unread)?;
+    counter(e, BLIND_CLOSED, &t.blind_closed)?;
     let h = &t.read_latency;
     let bounds = LATENCY_BUCKETS_US.iter().map(|&us| us as f64 / 1e6);
     let buckets: Vec<(f64, u64)> = bounds

@@ -294,6 +294,30 @@ impl Live {
         }
     }
 
+    /// Users whose position is suspect since a lost subscription.
+    pub fn suspects(&self) -> Vec<Rc<str>> {
+        self.tracks
+            .iter()
+            .filter(|(_, t)| t.suspect)
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+
+    /// Checks a suspect user's position against its history as read from Redis (`None`: could
+    /// not be read). Returns whether its connections must be closed to recover: the history
+    /// moved past (or away from) what they were sent. Clears the suspicion either way; a user
+    /// no longer suspect (a notification settled it meanwhile) is left alone.
+    pub fn verify(&mut self, user: &str, read: Option<Position>) -> bool {
+        let Some(track) = self.tracks.get_mut(user) else {
+            return false;
+        };
+        if !track.suspect {
+            return false;
+        }
+        track.suspect = false;
+        read != Some(track.at)
+    }
+
     /// Whether `conn` (marked ahead) already has the notification at `mark`.
     pub fn has(&self, user: &str, conn: &Rc<Conn>, mark: Mark) -> bool {
         self.tracks.get(user).is_some_and(|t| {
@@ -434,6 +458,27 @@ mod tests {
         live.blind();
         assert_eq!(live.on_live("u", mark(1, 4)), send);
         assert_eq!(live.on_live("u", mark(5, 1)), send);
+        // The check after the subscription is back: equal positions clear it, others close.
+        start(&mut live);
+        live.blind();
+        assert_eq!(live.suspects().len(), 1);
+        let same = Position {
+            epoch: 1,
+            offset: 3,
+        };
+        assert!(!live.verify("u", Some(same)));
+        assert!(live.suspects().is_empty());
+        live.blind();
+        assert!(live.verify("u", None), "unreadable: close");
+        live.blind();
+        assert!(live.verify(
+            "u",
+            Some(Position {
+                epoch: 1,
+                offset: 4
+            })
+        ));
+        assert!(!live.verify("u", None), "no longer suspect");
         // Waiting upgrades are refused.
         let w = live.wait(&Rc::from("v"));
         live.blind();

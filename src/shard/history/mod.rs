@@ -39,7 +39,7 @@ use crate::{
     clock,
     fanout::{
         Body, Delivery, Reached, Record,
-        redis::history::{ReadResult, ShardReads},
+        redis::history::{self as redis_history, ReadResult, ShardReads},
     },
     metrics::{DropReason, Recovery, RedisError},
     proto::{
@@ -394,6 +394,7 @@ pub fn deliver(shard: &Rc<Shard>, delivery: Delivery) -> usize {
         }
         (Kind::Redis { live, .. }, Body::Blind) => {
             live.borrow_mut().blind();
+            monoio::spawn(verify_after_blind(shard.clone()));
             0
         }
         _ => unreachable!("`History::takes` chose the bodies"),
@@ -482,18 +483,70 @@ fn track_and_send(
         }
         Verdict::Skip => 0,
         Verdict::Gap => {
-            let registry = shard.registry.borrow();
-            let mut visited = 0;
-            for conn in registry.user(user) {
-                visited += 1;
-                let reason = "notifications were missed; reconnect with since to get them";
-                conn.close(shard, CloseCode::Recover4002, reason);
-            }
+            let visited = close_to_recover(shard, user);
             // They get it from history when they reconnect.
             shard
                 .stats
                 .inc_drop(DropReason::ConnectionClosing, visited as u64);
             visited
+        }
+    }
+}
+
+/// Closes every connection of `user` here with 4002: it may have missed notifications, and
+/// reconnecting with `since` recovers them (or tells it to re-sync). Returns how many.
+fn close_to_recover(shard: &Rc<Shard>, user: &str) -> usize {
+    let registry = shard.registry.borrow();
+    let mut visited = 0;
+    for conn in registry.user(user) {
+        visited += 1;
+        let reason = "notifications were missed; reconnect with since to get them";
+        conn.close(shard, CloseCode::Recover4002, reason);
+    }
+    visited
+}
+
+/// After the Redis subscription was lost: once it is back, compares every suspect user's
+/// position with its history in Redis (batched reads) and closes with 4002 those that differ
+/// (or cannot be read). Without it, a user whose next notification never comes would not learn
+/// of the ones lost in the blind window. A notification already on its way when the read is
+/// taken may make the check close a connection that lost nothing: it reconnects and recovers.
+async fn verify_after_blind(shard: Rc<Shard>) {
+    let Some(history) = &shard.history else {
+        return;
+    };
+    let Kind::Redis {
+        reads,
+        live,
+        subscribed,
+    } = &history.kind
+    else {
+        return;
+    };
+    while !subscribed.load(Ordering::Acquire) {
+        if shard.finished.get() {
+            return;
+        }
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let users = live.borrow().suspects();
+    for chunk in users.chunks(redis_history::BATCH) {
+        let asked: Vec<_> = chunk.iter().map(|u| reads.ask(u, None)).collect();
+        for (user, rx) in chunk.iter().zip(asked) {
+            let read = match rx {
+                Some(rx) => match monoio::time::timeout(history.read_timeout, rx).await {
+                    Ok(Ok(Ok(read))) => Some(Position {
+                        epoch: epoch_hash(read.epoch.as_bytes()),
+                        offset: read.top,
+                    }),
+                    _ => None,
+                },
+                None => None,
+            };
+            if live.borrow_mut().verify(user, read) {
+                let closed = close_to_recover(&shard, user);
+                shard.stats.history.inc_unread_gap(closed as u64);
+            }
         }
     }
 }
