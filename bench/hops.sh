@@ -3,8 +3,8 @@
 # (issue 12, "close the gap to the floor").
 #
 # For each system in SYSTEMS: a fresh redis-server and the system (chat4all with SHARDS=2, plain
-# TCP, as in bench/compare.sh), then `chat4all-loadtest fanout` at RATE PUBLISH/s to CONNS
-# connections (one per user) for SECS s. Once the publishing phase runs (the load generator says
+# TCP and history off, as in bench/compare.sh), then `chat4all-loadtest fanout` at RATE PUBLISH/s
+# to CONNS connections (one per user) for SECS s. Once the publishing phase runs (the load generator says
 # "[fanout]"), for WINDOW s:
 #   - `perf stat --per-thread` counts task-clock, context switches and system calls of every
 #     thread of the system (software events and tracepoints only: this machine has no hardware
@@ -105,7 +105,7 @@ for sys in $SYSTEMS; do
   env=(WEBSOCKET_PORT="$ws" METRICS_PORT="$mp" BIND_HOST=127.0.0.1 METRICS_BIND_HOST=127.0.0.1
     REDIS_HOST=127.0.0.1 REDIS_PORT="$redis_port" JWT_SECRET="$SECRET" MAX_HANDSHAKES_PER_IP=0)
   case $sys in
-    chat4all) env "${env[@]}" SHARDS=2 "$GATEWAY_BIN" >"$OUT/$sys.log" 2>&1 </dev/null & ;;
+    chat4all) env "${env[@]}" SHARDS=2 HISTORY_ENABLED=false "$GATEWAY_BIN" >"$OUT/$sys.log" 2>&1 </dev/null & ;;
     floor) env "${env[@]}" "$FLOOR_BIN" >"$OUT/$sys.log" 2>&1 </dev/null & ;;
     *) log "unknown system $sys"; exit 2 ;;
   esac
