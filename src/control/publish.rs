@@ -10,10 +10,10 @@
 //! characters; at most `PUBLISH_MAX_USERS` per request (counted before duplicates are dropped,
 //! keeping the first occurrence's order). Unknown top-level fields are ignored.
 //!
-//! The payload is returned as compact JSON text with its keys in their original order (it is
-//! transcoded token by token, not through a sorted map). Numbers go through `serde_json`'s `f64`
-//! when they do not fit 64-bit integers, so integers beyond 64 bits lose precision and numbers
-//! beyond the `f64` range are rejected as invalid JSON.
+//! The payload is returned as its exact JSON text from the body (`serde_json`'s `RawValue`: the
+//! parser checks its syntax and copies nothing else), so keys, numbers (`1.50`, `1E2`, integers
+//! beyond 64 bits), empty arrays and whitespace reach clients as published: the gateway only
+//! splices `type`/`timestamp` (and, with history, `offset`/`epoch`) in after the opening brace.
 //!
 //! This is the control plane, not the hot path, so `serde_json` and some allocation are fine.
 
@@ -21,9 +21,9 @@ use std::{collections::HashSet, fmt};
 
 use serde::{
     Deserialize, Deserializer,
-    de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
+    de::{self, IgnoredAny, MapAccess, Visitor},
 };
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use thiserror::Error;
 
 #[cfg(test)]
@@ -35,7 +35,7 @@ use crate::proto::user::UserId;
 pub struct PublishRequest {
     /// Recipients, deduplicated, in the order first given. Never empty.
     pub user_ids: Vec<UserId>,
-    /// The payload object as compact JSON text (keys in original order).
+    /// The payload object's JSON text exactly as in the body.
     pub payload: Vec<u8>,
 }
 
@@ -107,10 +107,11 @@ pub fn parse_publish(body: &[u8], max_users: usize) -> Result<PublishRequest, Pu
         (Some(id), None) => vec![check_user_id(id, None)?],
         (None, Some(ids)) => check_user_ids(ids, max_users)?,
     };
-    let payload = body.payload.ok_or(PublishError::MissingPayload)?.0;
-    if payload.first() != Some(&b'{') {
+    let payload = body.payload.ok_or(PublishError::MissingPayload)?.get();
+    if !payload.starts_with('{') {
         return Err(PublishError::PayloadNotObject);
     }
+    let payload = payload.as_bytes().to_vec();
     Ok(PublishRequest { user_ids, payload })
 }
 
@@ -155,16 +156,16 @@ fn check_user_ids(value: Value, max: usize) -> Result<Vec<UserId>, PublishError>
 }
 
 /// The publish body's known fields; unknown fields are skipped.
-struct Body {
+struct Body<'a> {
     /// `user_id`, if present and not null.
     user_id: Option<Value>,
     /// `user_ids`, if present and not null.
     user_ids: Option<Value>,
-    /// `payload` transcoded to compact JSON, if present and not null.
-    payload: Option<Compact>,
+    /// `payload`'s JSON text, if present and not null.
+    payload: Option<&'a RawValue>,
 }
 
-impl<'de> Deserialize<'de> for Body {
+impl<'de: 'a, 'a> Deserialize<'de> for Body<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         /// Field names of the body.
         #[derive(Deserialize)]
@@ -178,16 +179,16 @@ impl<'de> Deserialize<'de> for Body {
         }
 
         /// Accepts only a JSON object (not an array, which derived structs would accept).
-        struct BodyVisitor;
+        struct BodyVisitor<'a>(std::marker::PhantomData<&'a ()>);
 
-        impl<'de> Visitor<'de> for BodyVisitor {
-            type Value = Body;
+        impl<'de: 'a, 'a> Visitor<'de> for BodyVisitor<'a> {
+            type Value = Body<'a>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a publish request object")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body<'a>, A::Error> {
                 let mut body = Body {
                     user_id: None,
                     user_ids: None,
@@ -217,107 +218,7 @@ impl<'de> Deserialize<'de> for Body {
             }
         }
 
-        deserializer.deserialize_map(BodyVisitor)
-    }
-}
-
-/// A JSON value re-serialised as compact text, keys in their original order.
-struct Compact(Vec<u8>);
-
-impl<'de> Deserialize<'de> for Compact {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut out = Vec::new();
-        Transcode(&mut out).deserialize(deserializer)?;
-        Ok(Self(out))
-    }
-}
-
-/// Writes the value it visits as compact JSON into the buffer.
-struct Transcode<'a>(&'a mut Vec<u8>);
-
-impl Transcode<'_> {
-    /// Writes a scalar with `serde_json`'s formatting and escaping.
-    fn scalar<T: serde::Serialize, E: de::Error>(self, value: T) -> Result<(), E> {
-        serde_json::to_writer(&mut *self.0, &value).map_err(E::custom)
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Transcode<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Transcode<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.scalar(v)
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.scalar(v)
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.scalar(v)
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.scalar(v)
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.scalar(v)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.0.extend_from_slice(b"null");
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        self.0.push(b'[');
-        let mut first = true;
-        loop {
-            let mark = self.0.len();
-            if !first {
-                self.0.push(b',');
-            }
-            if seq.next_element_seed(Transcode(self.0))?.is_none() {
-                self.0.truncate(mark);
-                break;
-            }
-            first = false;
-        }
-        self.0.push(b']');
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        self.0.push(b'{');
-        let mut first = true;
-        loop {
-            let mark = self.0.len();
-            if !first {
-                self.0.push(b',');
-            }
-            if map.next_key_seed(Transcode(self.0))?.is_none() {
-                self.0.truncate(mark);
-                break;
-            }
-            self.0.push(b':');
-            map.next_value_seed(Transcode(self.0))?;
-            first = false;
-        }
-        self.0.push(b'}');
-        Ok(())
+        deserializer.deserialize_map(BodyVisitor(std::marker::PhantomData))
     }
 }
 
@@ -355,24 +256,25 @@ mod tests {
     }
 
     #[test]
-    fn payload_is_compact_with_keys_in_original_order() {
+    fn payload_is_kept_byte_for_byte() {
         let body = r#" { "payload" : { "z" : 1 , "a" : [ true , null , { } , [ ] ] ,
             "s" : "q\"\u00e9\n" , "n" : -5 , "f" : 1.5 , "z" : 2 } , "user_id" : "u" } "#;
         assert_eq!(
             payload_text(body),
-            r#"{"z":1,"a":[true,null,{},[]],"s":"q\"é\n","n":-5,"f":1.5,"z":2}"#
+            r#"{ "z" : 1 , "a" : [ true , null , { } , [ ] ] ,
+            "s" : "q\"\u00e9\n" , "n" : -5 , "f" : 1.5 , "z" : 2 }"#
         );
     }
 
     #[test]
     fn payload_numbers() {
-        let body = r#"{"user_id":"u","payload":{"big":18446744073709551615,"neg":-9223372036854775808,"huge":123456789012345678901234567890,"e":1E2}}"#;
+        // Numbers as published: no f64 on the way (issue 10's contract).
+        let payload = r#"{"big":18446744073709551615,"neg":-9223372036854775808,"huge":123456789012345678901234567890,"e":1E2,"f":1.50,"g":1e999}"#;
+        let body = format!(r#"{{"user_id":"u","payload":{payload}}}"#);
+        assert_eq!(payload_text(&body), payload);
+        // Syntax is still checked.
         assert_eq!(
-            payload_text(body),
-            r#"{"big":18446744073709551615,"neg":-9223372036854775808,"huge":1.2345678901234568e+29,"e":100.0}"#
-        );
-        assert_eq!(
-            kind(r#"{"user_id":"u","payload":{"f":1e999}}"#),
+            kind(r#"{"user_id":"u","payload":{"f":1.}}"#),
             "invalid_json"
         );
     }

@@ -125,7 +125,7 @@ impl Broker {
         }
     }
 
-    /// Validates a payload (compact JSON object text) for publishing. The local broker delivers
+    /// Validates a payload (JSON object text, as published) for publishing. The local broker delivers
     /// a finished frame, so it normalises here, once per request; Redis carries the payload as
     /// is and each gateway's owner shard normalises it, so here it is only checked against the
     /// limit the shards apply (building a frame would be wasted work). With history, both
