@@ -54,6 +54,54 @@ fn check_config_accepts_a_valid_configuration_and_binds_nothing() {
     assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET));
 }
 
+/// wss:// files are checked before anything binds: an unreadable file or a key that does not
+/// belong to the certificate is a configuration error (64, one line naming the variable); an
+/// expired certificate starts, with a warning (clients will refuse it, the operator must know).
+#[test]
+fn tls_files_are_checked_before_binding() {
+    let certs = common::tls::Certs::new("cli");
+    let cert = certs.cert.display().to_string();
+    let other_key = certs.dir.join("other.key");
+    std::fs::write(
+        &other_key,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let missing = certs.dir.join("missing.pem").display().to_string();
+    let other_key = other_key.display().to_string();
+    let key = certs.key.display().to_string();
+    let cases = [
+        (missing.as_str(), key.as_str(), "TLS_CERT_FILE"),
+        (cert.as_str(), missing.as_str(), "TLS_KEY_FILE"),
+        (cert.as_str(), other_key.as_str(), "TLS_KEY_FILE"),
+    ];
+    for (cert_file, key_file, var) in cases {
+        let (code, _, stderr) = run(gateway()
+            .arg("--check-config")
+            .env("JWT_SECRET", SECRET)
+            .env("TLS_CERT_FILE", cert_file)
+            .env("TLS_KEY_FILE", key_file));
+        assert_eq!(code, 64, "{cert_file} {key_file}: {stderr}");
+        assert!(stderr.contains(var), "must name {var}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+    // Expired: self-signed, valid for a day in 2020.
+    let expired_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 1, 2);
+    let expired = params.self_signed(&expired_key).unwrap();
+    let (expired_cert, expired_key_file) = (certs.dir.join("old.pem"), certs.dir.join("old.key"));
+    std::fs::write(&expired_cert, expired.pem()).unwrap();
+    std::fs::write(&expired_key_file, expired_key.serialize_pem()).unwrap();
+    let gw = Spawn::new()
+        .env("TLS_CERT_FILE", &expired_cert.display().to_string())
+        .env("TLS_KEY_FILE", &expired_key_file.display().to_string())
+        .start();
+    let warning = gw.wait_log("the TLS certificate is expired: clients will refuse it");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+}
+
 #[test]
 fn bad_configuration_exits_64_naming_the_variable() {
     let cases: &[(&[(&str, &str)], &str)] = &[

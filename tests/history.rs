@@ -66,6 +66,31 @@ async fn join(gw: &TestGateway, user: &str, resume: Option<(u64, &str)>) -> (Cli
     (ws, hello)
 }
 
+/// [`join`] with `since`, as a client does after Redis came back: a 503 (`history_unavailable`,
+/// `Retry-After`) while the gateway's history reader reconnects is retried until [`WAIT`].
+async fn rejoin(gw: &TestGateway, user: &str, since: u64, epoch: &str) -> (Client, Value) {
+    let url = format!("{}&since={since}&epoch={epoch}", gw.url(user));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match timeout(WAIT, tokio_tungstenite::connect_async(url.as_str()))
+            .await
+            .expect("connect in time")
+        {
+            Ok((mut ws, _)) => {
+                let hello = next_json(&mut ws).await;
+                assert_eq!(hello["type"], "connected", "{hello}");
+                return (ws, hello);
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp))
+                if resp.status() == 503 && Instant::now() < deadline =>
+            {
+                sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("{user}: upgrade refused: {err:?}"),
+        }
+    }
+}
+
 /// POST /v1/publish with extra header lines; returns (status, head, body).
 async fn publish_raw(gw: &TestGateway, body: &str, headers: &str) -> (u16, String, String) {
     publish_at(gw.control, body, headers).await
@@ -539,7 +564,7 @@ async fn redis_restart_without_persistence_changes_the_epoch() {
     .await;
     // Replays are served once the subscription is back (503 before: retry).
     wait_ready(&gw).await;
-    let (_, hello) = join(&gw, "uma", Some((1, &e))).await;
+    let (_, hello) = rejoin(&gw, "uma", 1, &e).await;
     assert_eq!(hello["recovered"], false, "{hello}");
     assert_ne!(epoch(&hello), e);
 }
@@ -605,7 +630,7 @@ async fn a_sentinel_failover_changes_the_epoch() {
     .await;
     // Replays are served once the subscription is back (503 before: retry).
     wait_ready(&gw).await;
-    let (c, hello) = join(&gw, "vic", Some((1, &e))).await;
+    let (c, hello) = rejoin(&gw, "vic", 1, &e).await;
     assert_eq!(hello["recovered"], false, "{hello}");
     let e2 = epoch(&hello);
     assert_ne!(e2, e);
@@ -753,7 +778,7 @@ async fn a_new_epoch_after_a_lost_subscription_closes_established_clients_4002()
     })
     .await;
     assert_eq!(close_code(&mut c).await, 4002);
-    let (mut c, hello) = join(&gw, "yan", Some((1, &e1))).await;
+    let (mut c, hello) = rejoin(&gw, "yan", 1, &e1).await;
     assert_eq!(hello["recovered"], false, "{hello}");
     assert_eq!(offset(&hello), 2);
     let e2 = epoch(&hello);
@@ -777,6 +802,6 @@ async fn after_a_redis_restart_clients_without_a_later_notification_are_closed_4
     r.restart();
     assert_eq!(close_code(&mut c).await, 4002);
     assert_eq!(gw.metric("history_resubscribe_closes_total").await, 1.0);
-    let (_, hello) = join(&gw, "ann", Some((1, &e))).await;
+    let (_, hello) = rejoin(&gw, "ann", 1, &e).await;
     assert_eq!(hello["recovered"], false, "{hello}");
 }
