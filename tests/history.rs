@@ -572,10 +572,7 @@ async fn redis_restart_without_persistence_changes_the_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_changes_the_epoch() {
     let mut master = RedisProc::start();
-    let replica = RedisProc::start_on(
-        common::redis::free_port(),
-        &["--replicaof", "127.0.0.1", &master.port.to_string()],
-    );
+    let replica = RedisProc::replica_of(&master);
     let sentinel = RedisProc::sentinel(master.port);
     let args = vec![
         "--redis-sentinels".to_string(),
@@ -605,20 +602,7 @@ async fn a_sentinel_failover_changes_the_epoch() {
     )
     .await;
     master.kill9();
-    let mut sent = sentinel.conn();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let addr: Option<(String, String)> = ::redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg("mymaster")
-            .query(&mut sent)
-            .unwrap();
-        if addr.is_some_and(|(_, p)| p == replica.port.to_string()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "sentinel did not fail over");
-        sleep(Duration::from_millis(100)).await;
-    }
+    sentinel.wait_promoted(&replica);
     wait_until(
         Duration::from_secs(15),
         "publishes through the new master",

@@ -277,10 +277,7 @@ async fn starts_without_redis_and_subscribes_when_it_appears() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_a_sentinel_failover() {
     let mut master = RedisProc::start();
-    let replica = RedisProc::start_on(
-        common::redis::free_port(),
-        &["--replicaof", "127.0.0.1", &master.port.to_string()],
-    );
+    let replica = RedisProc::replica_of(&master);
     let sentinel = RedisProc::sentinel(master.port);
     // History off: this is about the subscriber following the failover with connections kept
     // open. With history the promoted replica changes every user's epoch, so connected clients
@@ -301,20 +298,7 @@ async fn follows_a_sentinel_failover() {
 
     master.kill9();
     // Wait for the sentinel to promote the replica.
-    let mut sent = sentinel.conn();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let addr: Option<(String, String)> = ::redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg("mymaster")
-            .query(&mut sent)
-            .unwrap();
-        if addr.is_some_and(|(_, p)| p == replica.port.to_string()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "sentinel did not fail over");
-        sleep(Duration::from_millis(100)).await;
-    }
+    sentinel.wait_promoted(&replica);
     // Delivery resumes through the new master.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

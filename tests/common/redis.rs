@@ -82,6 +82,32 @@ impl RedisProc {
         p
     }
 
+    /// Starts a replica of `master` on a free port.
+    pub fn replica_of(master: &RedisProc) -> Self {
+        Self::start_on(
+            free_port(),
+            &["--replicaof", "127.0.0.1", &master.port.to_string()],
+        )
+    }
+
+    /// On a sentinel: blocks until it names `replica` as `mymaster` (panics after 30 s).
+    pub fn wait_promoted(&self, replica: &RedisProc) {
+        let mut conn = self.conn();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg("mymaster")
+                .query(&mut conn)
+                .unwrap();
+            if addr.is_some_and(|(_, p)| p == replica.port.to_string()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "sentinel did not fail over");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Starts a sentinel monitoring `master_port` as `mymaster` with quorum 1 and fast timeouts.
     pub fn sentinel(master_port: u16) -> Self {
         require("redis-sentinel");
