@@ -42,13 +42,6 @@ fn start_with(args: &[String]) -> TestGateway {
     start("io-uring", &args)
 }
 
-async fn wait_ready(gw: &TestGateway) {
-    wait_until(Duration::from_secs(10), "/readyz 200", || async {
-        gw.get("/readyz").await.0 == 200
-    })
-    .await;
-}
-
 /// Connects as `user`, with `since`/`epoch` when given; returns the client and `connected`.
 async fn join(gw: &TestGateway, user: &str, resume: Option<(u64, &str)>) -> (Client, Value) {
     let mut url = gw.url(user);
@@ -397,7 +390,7 @@ async fn redis_replay_across_a_gateway_restart() {
         let r = RedisProc::start();
         let args = redis_args(&r, mode, &[]);
         let gw = start_with(&args);
-        wait_ready(&gw).await;
+        gw.wait_ready().await;
         let (mut c, hello) = join(&gw, "rob", None).await;
         assert_eq!(offset(&hello), 0);
         let e = epoch(&hello);
@@ -420,7 +413,7 @@ async fn redis_replay_across_a_gateway_restart() {
         drop(gw);
         // Published while no gateway runs: only Redis records them.
         let gw2 = start_with(&args);
-        wait_ready(&gw2).await;
+        gw2.wait_ready().await;
         for n in 2..=4 {
             publish(&gw2, "rob", &format!(r#"{{"n":{n}}}"#)).await;
         }
@@ -449,7 +442,7 @@ async fn redis_publishes_racing_replays_neither_gap_nor_duplicate() {
     let r = RedisProc::start();
     let args = ["--history-size", "250"];
     let gw = start_with(&redis_args(&r, "pattern", &args));
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     publishes_racing_replays(&gw, "rex", 200).await;
     // Direct publishers through the script race too (faster than the API).
     let (c, hello) = join(&gw, "rex", None).await;
@@ -510,7 +503,7 @@ fn direct_publish(
 async fn redis_trimmed_history_and_flushall_are_not_recovered() {
     let r = RedisProc::start();
     let gw = start_with(&redis_args(&r, "pattern", &["--history-size", "3"]));
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let (c, hello) = join(&gw, "tess", None).await;
     drop(c);
     let e = epoch(&hello);
@@ -547,7 +540,7 @@ async fn redis_trimmed_history_and_flushall_are_not_recovered() {
 async fn redis_restart_without_persistence_changes_the_epoch() {
     let mut r = RedisProc::start();
     let gw = start_with(&redis_args(&r, "pattern", &[]));
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let (c, hello) = join(&gw, "uma", None).await;
     drop(c);
     let e = epoch(&hello);
@@ -563,7 +556,7 @@ async fn redis_restart_without_persistence_changes_the_epoch() {
     )
     .await;
     // Replays are served once the subscription is back (503 before: retry).
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let (_, hello) = rejoin(&gw, "uma", 1, &e).await;
     assert_eq!(hello["recovered"], false, "{hello}");
     assert_ne!(epoch(&hello), e);
@@ -581,7 +574,7 @@ async fn a_sentinel_failover_changes_the_epoch() {
         "mymaster".into(),
     ];
     let gw = start_with(&args);
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let (c, hello) = join(&gw, "vic", None).await;
     drop(c);
     let e = epoch(&hello);
@@ -613,7 +606,7 @@ async fn a_sentinel_failover_changes_the_epoch() {
     )
     .await;
     // Replays are served once the subscription is back (503 before: retry).
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let (c, hello) = rejoin(&gw, "vic", 1, &e).await;
     assert_eq!(hello["recovered"], false, "{hello}");
     let e2 = epoch(&hello);
@@ -636,8 +629,8 @@ async fn two_gateways_share_offsets_epochs_and_idempotency_keys() {
     let r = RedisProc::start();
     let a = start_with(&redis_args(&r, "per-user", &[]));
     let b = start_with(&redis_args(&r, "pattern", &[]));
-    wait_ready(&a).await;
-    wait_ready(&b).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
     let (mut ca, ha) = join(&a, "wes", None).await;
     let (mut cb, hb) = join(&b, "wes", None).await;
     assert_eq!((offset(&ha), epoch(&ha)), (offset(&hb), epoch(&hb)));
@@ -700,7 +693,7 @@ async fn direct_publishers_are_checked_by_the_script() {
 async fn with_redis_down_first_connections_get_in_and_replays_are_503() {
     let mut r = RedisProc::start();
     let gw = start_with(&redis_args(&r, "pattern", &[]));
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let (c, hello) = join(&gw, "zoe", None).await;
     drop(c);
     let e = epoch(&hello);
@@ -724,7 +717,7 @@ async fn a_new_epoch_after_a_lost_subscription_closes_established_clients_4002()
     let r = RedisProc::start();
     let port = r.port;
     let gw = start_with(&redis_args(&r, "pattern", &[]));
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let (mut c, hello) = join(&gw, "yan", None).await;
     let e1 = epoch(&hello);
     publish(&gw, "yan", r#"{"n":1}"#).await;
@@ -752,7 +745,7 @@ async fn a_new_epoch_after_a_lost_subscription_closes_established_clients_4002()
         .arg("+psubscribe")
         .query(&mut r.conn())
         .unwrap();
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     // The next one is offset 2 of a new epoch: offset 1 of that epoch never reached this client,
     // and the gateway cannot know what else it missed, so it closes for a reconnect. (The
     // publisher's connection broke with the restart: a 504 is retried with the same key.)
@@ -776,7 +769,7 @@ async fn a_new_epoch_after_a_lost_subscription_closes_established_clients_4002()
 async fn after_a_redis_restart_clients_without_a_later_notification_are_closed_4002() {
     let mut r = RedisProc::start();
     let gw = start_with(&redis_args(&r, "pattern", &[]));
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let (mut c, hello) = join(&gw, "ann", None).await;
     let e = epoch(&hello);
     publish(&gw, "ann", r#"{"n":1}"#).await;

@@ -12,7 +12,7 @@ use std::{
 
 use common::{redis::RedisProc, *};
 use futures_util::StreamExt;
-use tokio::time::{sleep, timeout};
+use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
 fn redis_args(r: &RedisProc, mode: &str) -> Vec<String> {
@@ -31,29 +31,6 @@ fn start_with(driver: &str, args: &[String]) -> TestGateway {
     start(driver, &args)
 }
 
-/// Waits until `cond` holds (polling), panicking with `what` after `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-async fn wait_ready(gw: &TestGateway) {
-    eventually(Duration::from_secs(10), "/readyz 200", || async {
-        gw.get("/readyz").await.0 == 200
-    })
-    .await;
-}
-
 /// How many subscribers Redis counts on `user`'s channel.
 fn numsub(r: &RedisProc, user: &str) -> i64 {
     let (_, n): (String, i64) = ::redis::cmd("PUBSUB")
@@ -66,7 +43,7 @@ fn numsub(r: &RedisProc, user: &str) -> i64 {
 
 /// Waits until Redis counts `subscribers` on `user`'s channel.
 async fn wait_subscribed(r: &RedisProc, user: &str, subscribers: i64) {
-    eventually(WAIT, "per-user SUBSCRIBE/UNSUBSCRIBE", || async {
+    wait_until(WAIT, "per-user SUBSCRIBE/UNSUBSCRIBE", || async {
         numsub(r, user) == subscribers
     })
     .await;
@@ -77,7 +54,7 @@ async fn delivers_verbatim_in_order_across_shards(mode: &str) {
     let mut args = redis_args(&r, mode);
     args.extend(["--max-connections-per-user".into(), "64".into()]);
     let gw = start_with("io-uring", &args);
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let mut clients = Vec::new();
     for _ in 0..32 {
         clients.push(gw.connect("alice").await);
@@ -118,7 +95,7 @@ async fn delivers_verbatim_in_order_across_shards(mode: &str) {
     // Garbage is dropped and counted, never delivered.
     r.publish("notifications:alice", "not json");
     r.publish("notifications:alice", "[1,2]");
-    eventually(WAIT, "message_processing errors counted", || async {
+    wait_until(WAIT, "message_processing errors counted", || async {
         gw.metric(r#"redis_errors_total{error_type="message_processing"}"#)
             .await
             >= 2.0
@@ -169,8 +146,8 @@ async fn two_gateways_pattern_mode_drop_other_instances_users() {
     let r = RedisProc::start();
     let gw1 = start_with("io-uring", &redis_args(&r, "pattern"));
     let gw2 = start_with("io-uring", &redis_args(&r, "pattern"));
-    wait_ready(&gw1).await;
-    wait_ready(&gw2).await;
+    gw1.wait_ready().await;
+    gw2.wait_ready().await;
     let mut alice = gw1.connect("alice").await;
     let mut bob = gw2.connect("bob").await;
     for i in 0..50 {
@@ -187,7 +164,7 @@ async fn two_gateways_pattern_mode_drop_other_instances_users() {
     assert_silent(&mut alice).await;
     for gw in [&gw1, &gw2] {
         assert_eq!(gw.metric("redis_events_consumed_total").await, 100.0);
-        eventually(WAIT, "not_local drops", || async {
+        wait_until(WAIT, "not_local drops", || async {
             gw.metric(r#"notifications_dropped_total{reason="not_local"}"#)
                 .await
                 == 50.0
@@ -205,20 +182,20 @@ async fn survives_redis_kill9_and_restart() {
     let mut args = redis_args(&r, "pattern");
     args.extend(["--history-enabled".into(), "false".into()]);
     let gw = start_with("io-uring", &args);
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let mut c = gw.connect("carol").await;
     r.publish("notifications:carol", r#"{"n":"before"}"#);
     assert_eq!(next_json(&mut c).await["n"], "before");
 
     r.kill9();
-    eventually(WAIT, "/readyz 503 while Redis is down", || async {
+    wait_until(WAIT, "/readyz 503 while Redis is down", || async {
         gw.get("/readyz").await.0 == 503
     })
     .await;
     assert_eq!(gw.metric("redis_connected").await, 0.0);
     // Still serving clients meanwhile, and retrying.
     let _d = gw.connect("dave").await;
-    eventually(WAIT, "reconnect attempts while Redis is down", || async {
+    wait_until(WAIT, "reconnect attempts while Redis is down", || async {
         gw.metric("redis_reconnects_total").await >= 2.0
     })
     .await;
@@ -260,7 +237,7 @@ async fn starts_without_redis_and_subscribes_when_it_appears() {
     assert_eq!(gw.get("/readyz").await.0, 503);
     let mut c = gw.connect("erin").await;
     let r = RedisProc::start_on(port, &[]);
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let deadline = Instant::now() + WAIT;
     loop {
         r.publish("notifications:erin", r#"{"hi":1}"#);
@@ -291,7 +268,7 @@ async fn follows_a_sentinel_failover() {
         "false".into(),
     ];
     let gw = start_with("io-uring", &args);
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let mut c = gw.connect("frank").await;
     master.publish("notifications:frank", r#"{"n":1}"#);
     assert_eq!(next_json(&mut c).await["n"], 1);
@@ -332,7 +309,7 @@ async fn flood_is_shed_and_counted_while_the_gateway_stays_responsive() {
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (gw, handle) = start_owned("io-uring", &args);
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     // Twenty readers of one hot user.
     let received: Vec<Arc<AtomicU64>> = (0..20).map(|_| Arc::default()).collect();
     for count in &received {
@@ -368,7 +345,7 @@ async fn flood_is_shed_and_counted_while_the_gateway_stays_responsive() {
     })
     .await
     .unwrap();
-    eventually(
+    wait_until(
         Duration::from_secs(30),
         "all published messages consumed",
         || async { gw.metric("redis_events_consumed_total").await == FLOOD as f64 },
@@ -384,7 +361,7 @@ async fn flood_is_shed_and_counted_while_the_gateway_stays_responsive() {
     );
     // Released, the shard delivers what its ring held: exactly that, to every client.
     handle.pause_deliveries(hot, false);
-    eventually(
+    wait_until(
         Duration::from_secs(30),
         "clients received the rest",
         || async {
@@ -396,7 +373,7 @@ async fn flood_is_shed_and_counted_while_the_gateway_stays_responsive() {
     .await;
     // Nothing more follows: a marker published now is each client's next message.
     r.publish("notifications:hot", r#"{"type":"t","timestamp":1,"end":1}"#);
-    eventually(Duration::from_secs(30), "the marker", || async {
+    wait_until(Duration::from_secs(30), "the marker", || async {
         received
             .iter()
             .all(|c| c.load(Ordering::Relaxed) == FLOOD - dropped + 1)
@@ -415,8 +392,8 @@ async fn publish_api_goes_through_redis_when_configured() {
     let r = RedisProc::start();
     let gw1 = start_with("io-uring", &redis_args(&r, "pattern"));
     let gw2 = start_with("epoll", &redis_args(&r, "pattern"));
-    wait_ready(&gw1).await;
-    wait_ready(&gw2).await;
+    gw1.wait_ready().await;
+    gw2.wait_ready().await;
     // The user is on gw2; the publish goes to gw1's API.
     let mut g = gw2.connect("grace").await;
     let (status, body) = gw1
@@ -439,7 +416,7 @@ async fn authenticates_with_a_user_and_password() {
         let url = format!("redis://gw:s3cret@127.0.0.1:{}/", r.port);
         let args = ["--redis-url", url.as_str(), "--redis-subscription", mode];
         let gw = start("epoll", &args);
-        wait_ready(&gw).await;
+        gw.wait_ready().await;
         let mut c = gw.connect("ivan").await;
         assert_eq!(r.publish("notifications:ivan", r#"{"n":1}"#), 1);
         assert_eq!(next_json(&mut c).await["n"], 1);
@@ -447,7 +424,7 @@ async fn authenticates_with_a_user_and_password() {
         // A wrong password is a failed session (counted, retried), never a subscription.
         let bad = format!("redis://gw:wrong@127.0.0.1:{}/", r.port);
         let gw = start("epoll", &["--redis-url", bad.as_str()]);
-        eventually(WAIT, "a failed session", || async {
+        wait_until(WAIT, "a failed session", || async {
             gw.metric(r#"redis_errors_total{error_type="connection"}"#)
                 .await
                 >= 1.0

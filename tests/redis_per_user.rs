@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{redis::RedisProc, *};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    time::{sleep, timeout},
+    time::timeout,
 };
 
 fn per_user(r: &RedisProc, extra: &[&str]) -> Vec<String> {
@@ -31,22 +31,6 @@ fn per_user(r: &RedisProc, extra: &[&str]) -> Vec<String> {
 
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
-}
-
-/// Waits until `cond` holds (polling), panicking with `what` after `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 /// Sends an upgrade request for `user` on a raw socket and returns the socket.
@@ -141,7 +125,7 @@ async fn unconfirmed_subscription_is_refused_with_503_and_retry_after() {
     assert_eq!(gw.metric("websocket_subscribe_waiting").await, 0.0);
     // Redis back: the same user connects and is subscribed.
     r.restart();
-    eventually(WAIT, "/readyz 200", || async {
+    wait_until(WAIT, "/readyz 200", || async {
         gw.get("/readyz").await.0 == 200
     })
     .await;
@@ -157,7 +141,7 @@ async fn a_drain_answers_waiting_upgrades_with_503() {
     let (gw, handle) = common::start_owned("io-uring", &strs(&args));
     r.kill9();
     let mut waiting = send_upgrade(&gw, "patient").await;
-    eventually(WAIT, "the upgrade to wait", || async {
+    wait_until(WAIT, "the upgrade to wait", || async {
         gw.metric("websocket_subscribe_waiting").await == 1.0
     })
     .await;
@@ -190,7 +174,7 @@ async fn a_connect_storm_is_subscribed_in_batches() {
             tokio_tungstenite::connect_async(url).await
         }));
     }
-    eventually(Duration::from_secs(30), "every upgrade to wait", || async {
+    wait_until(Duration::from_secs(30), "every upgrade to wait", || async {
         gw.metric("websocket_subscribe_waiting").await == USERS as f64
     })
     .await;

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{redis::RedisProc, *};
-use tokio::time::sleep;
 
 /// Notifications published during each stall.
 const N: u32 = 200;
@@ -30,29 +29,6 @@ fn args(r: &RedisProc, mode: &str, extra: &[&str]) -> Vec<String> {
 fn start_with(args: &[String]) -> TestGateway {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     start("io-uring", &args)
-}
-
-/// Waits until `cond` holds (polling), panicking with `what` after `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-async fn wait_ready(gw: &TestGateway) {
-    eventually(Duration::from_secs(10), "/readyz 200", || async {
-        gw.get("/readyz").await.0 == 200
-    })
-    .await;
 }
 
 /// Sends, in one write on one connection, PUBLISH `{"n":i}` to `user` for each `i` of
@@ -116,7 +92,7 @@ async fn expect_numbered(c: &mut Client) {
 async fn stall_loses_nothing(mode: &str, stall: Duration, extra: &[&str], newcomer: bool) {
     let r = RedisProc::start_debuggable();
     let gw = start_with(&args(&r, mode, extra));
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let mut alice = gw.connect("alice").await;
     assert_eq!(r.publish("notifications:alice", r#"{"n":0}"#), 1);
     assert_eq!(next_json(&mut alice).await["n"], 0);
@@ -176,10 +152,10 @@ async fn per_user_stall_during_a_subscribe_loses_nothing() {
 async fn stall_beyond_the_deadline_reconnects_and_is_counted() {
     let r = RedisProc::start_debuggable();
     let gw = start_with(&args(&r, "pattern", &["--redis-liveness-timeout", "1s"]));
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let mut carol = gw.connect("carol").await;
     let stalled = r.stall(Duration::from_secs(4));
-    eventually(WAIT, "the liveness timeout to fire", || async {
+    wait_until(WAIT, "the liveness timeout to fire", || async {
         gw.metric("redis_liveness_timeouts_total").await >= 1.0
     })
     .await;
@@ -187,7 +163,7 @@ async fn stall_beyond_the_deadline_reconnects_and_is_counted() {
     tokio::task::spawn_blocking(move || stalled.join().unwrap())
         .await
         .unwrap();
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     assert!(gw.metric("redis_reconnects_total").await >= 1.0);
     assert!(gw.metric("redis_unsubscribed_seconds_total").await > 0.0);
     assert_eq!(r.publish("notifications:carol", r#"{"after":1}"#), 1);

@@ -184,6 +184,14 @@ impl TestGateway {
         v["recipients"].as_u64().unwrap()
     }
 
+    /// Waits (10 s at most) until `/readyz` answers 200: Redis reached and subscribed.
+    pub async fn wait_ready(&self) {
+        wait_until(Duration::from_secs(10), "/readyz 200", || async {
+            self.get("/readyz").await.0 == 200
+        })
+        .await;
+    }
+
     /// GET on the control port; returns (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
