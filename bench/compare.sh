@@ -24,6 +24,8 @@
 #   LOADTEST_BIN, GATEWAY_BIN                   prebuilt binaries (else built with cargo --release)
 #   CONNS=10000 CONNS_MAX=19500 RATE=20000 SECS=10 HOLD_SECS=5 MAX_TOTAL_SECS=1140
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SYSTEMS=${SYSTEMS:-"chat4all floor rust-tokio node-ws uws"}
@@ -66,18 +68,6 @@ budget() {
     log "time budget of ${MAX_TOTAL_SECS}s spent; stopping"
     return 1
   fi
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_port() { # port seconds
-  local end=$((SECONDS + $2))
-  until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
-    ((SECONDS < end)) || return 1
-    sleep 0.05
-  done
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@
 #   PEERS_DIR=../shared/peers  CACHE_DIR=~/.cache/chat4all-bench  LOADTEST_BIN, GATEWAY_BIN
 # Needs perf with tracepoints (linux-perf) and root (or perf_event_paranoid <= 1).
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SYSTEMS=${SYSTEMS:-"chat4all floor"}
@@ -48,18 +50,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_port() { # port seconds
-  local end=$((SECONDS + $2))
-  until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
-    ((SECONDS < end)) || return 1
-    sleep 0.05
-  done
-}
 
 wait_file_has() { # file pattern seconds
   local end=$((SECONDS + $3))

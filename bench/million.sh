@@ -40,6 +40,8 @@
 #   LOADTEST_BIN, GATEWAY_BIN  prebuilt binaries (else built with cargo --release)
 #   OUT_DIR=bench/out        where the results go
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -109,22 +111,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 remaining() { echo $((MAX_TOTAL_SECS - (SECONDS - STARTED))); }
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Waits until `cmd...` succeeds, for at most `secs` seconds.
-wait_until() { # secs cmd...
-  local end=$((SECONDS + $1))
-  shift
-  until "$@" 2>/dev/null; do
-    ((SECONDS < end)) || return 1
-    sleep 0.1
-  done
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # GET /readyz on an internal port answers 200.
 ready() { # port
@@ -249,7 +235,7 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --d
 REDIS_PID=$!
 PIDS+=("$REDIS_PID")
 echo "$REDIS_PID" >>"$RUN_DIR/pids"
-wait_until 10 port_open "$REDIS_PORT" || die "redis-server did not start"
+wait_for 10 port_open "$REDIS_PORT" || die "redis-server did not start"
 
 WS_PORT=$(free_port)
 GW_ENV=(
@@ -277,7 +263,7 @@ for ((i = 0; i < GATEWAYS; i++)); do
   echo "$!" >>"$RUN_DIR/pids"
 done
 for ((i = 0; i < GATEWAYS; i++)); do
-  if ! wait_until 60 ready "${GW_MPORTS[$i]}"; then
+  if ! wait_for 60 ready "${GW_MPORTS[$i]}"; then
     tail -5 "$RUN_DIR/gw$i.log" >&2 || true
     die "gateway $i (pid ${GW_PIDS[$i]}) not ready on ${GW_MPORTS[$i]}"
   fi

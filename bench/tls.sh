@@ -29,6 +29,8 @@
 #   STORM_TIMEOUT=60 MAX_TOTAL_SECS=1800 NGINX=nginx NGINX_WORKERS=4
 #   LOADTEST_BIN, GATEWAY_BIN  prebuilt binaries (else built with cargo --release)
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -74,18 +76,6 @@ budget() {
     log "MAX_TOTAL_SECS=$MAX_TOTAL_SECS spent; stopping here"
     return 1
   fi
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_port() { # port seconds
-  local end=$((SECONDS + $2))
-  until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
-    ((SECONDS < end)) || return 1
-    sleep 0.05
-  done
 }
 
 # ---------------------------------------------------------------------------------------------
