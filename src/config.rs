@@ -662,18 +662,7 @@ impl Config {
                 Duration::from_secs(60),
             ),
         ] {
-            let show = |d: Duration| humantime::format_duration(d).to_string();
-            if value < min {
-                bad(
-                    id,
-                    format!("{} is below the minimum {}", show(value), show(min)),
-                );
-            } else if value > max {
-                bad(
-                    id,
-                    format!("{} is above the maximum {}", show(value), show(max)),
-                );
-            }
+            duration_in_range(id, value, min, max, &mut bad);
         }
         self.validate_redis(&mut bad);
         self.validate_history(&mut bad);
@@ -1234,6 +1223,28 @@ fn parse_jwt_algorithm(s: &str) -> Result<Algorithm, String> {
         let all: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
         format!("'{s}' is not one of {}", all.join(", "))
     })
+}
+
+/// Reports `id` through `bad` when `value` is outside `min..=max` (durations shown as `1m 30s`).
+fn duration_in_range(
+    id: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+    bad: &mut impl FnMut(&str, String),
+) {
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if value < min {
+        bad(
+            id,
+            format!("{} is below the minimum {}", show(value), show(min)),
+        );
+    } else if value > max {
+        bad(
+            id,
+            format!("{} is above the maximum {}", show(value), show(max)),
+        );
+    }
 }
 
 #[cfg(test)]

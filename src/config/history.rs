@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Config, MIB};
+use super::{Config, MIB, duration_in_range};
 
 /// Most entries `HISTORY_SIZE` may keep per user.
 pub const MAX_HISTORY_SIZE: usize = 10_000;
@@ -18,7 +18,6 @@ impl Config {
                 format!("{} is not in 1..={MAX_HISTORY_SIZE}", self.history_size),
             );
         }
-        let show = |d: Duration| humantime::format_duration(d).to_string();
         for (id, value, min, max) in [
             (
                 "history_ttl",
@@ -33,17 +32,7 @@ impl Config {
                 Duration::from_secs(60),
             ),
         ] {
-            if value < min {
-                bad(
-                    id,
-                    format!("{} is below the minimum {}", show(value), show(min)),
-                );
-            } else if value > max {
-                bad(
-                    id,
-                    format!("{} is above the maximum {}", show(value), show(max)),
-                );
-            }
+            duration_in_range(id, value, min, max, bad);
         }
         if self.history_max_bytes < MIB {
             bad(
