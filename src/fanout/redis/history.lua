@@ -53,16 +53,20 @@ local function open(stream, meta, ttl)
   return base, 0
 end
 
--- "offset" and "epoch" right after the opening brace; the rest byte for byte.
-local function splice(text, offset, epoch)
+-- `fields` ("k":v pairs joined by commas) right after the opening brace; the rest byte for byte.
+local function insert_after_brace(text, fields)
   local brace = string.find(text, '{', 1, true)
   local rest = string.sub(text, brace + 1)
   local sep = ','
   if string.match(rest, '^%s*}') then
     sep = ''
   end
-  return string.sub(text, 1, brace) .. '"offset":' .. string.format('%d', offset)
-    .. ',"epoch":"' .. epoch .. '"' .. sep .. rest
+  return string.sub(text, 1, brace) .. fields .. sep .. rest
+end
+
+-- "offset" and "epoch" right after the opening brace.
+local function splice(text, offset, epoch)
+  return insert_after_brace(text, '"offset":' .. string.format('%d', offset) .. ',"epoch":"' .. epoch .. '"')
 end
 
 -- For direct publishers: the gateway's checks and normalisation.
@@ -85,13 +89,7 @@ local function normalize(text)
   if #add == 0 then
     return text
   end
-  local brace = string.find(text, '{', 1, true)
-  local rest = string.sub(text, brace + 1)
-  local sep = ','
-  if string.match(rest, '^%s*}') then
-    sep = ''
-  end
-  return string.sub(text, 1, brace) .. table.concat(add, ',') .. sep .. rest
+  return insert_after_brace(text, table.concat(add, ','))
 end
 
 if mode == 'publish' then
