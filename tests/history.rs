@@ -21,27 +21,6 @@ use tokio_tungstenite::tungstenite::Message;
 /// The history script as the gateway loads it (what a direct publisher calls).
 const SCRIPT: &str = include_str!("../src/fanout/redis/history.lua");
 
-fn redis_args(r: &RedisProc, mode: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--redis-host",
-        "127.0.0.1",
-        "--redis-port",
-        &r.port.to_string(),
-        "--redis-subscription",
-        mode,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn start_with(args: &[String]) -> TestGateway {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    start("io-uring", &args)
-}
-
 /// Connects as `user`, with `since`/`epoch` when given; returns the client and `connected`.
 async fn join(gw: &TestGateway, user: &str, resume: Option<(u64, &str)>) -> (Client, Value) {
     let mut url = gw.url(user);
@@ -388,8 +367,8 @@ async fn history_off_is_as_before() {
 async fn redis_replay_across_a_gateway_restart() {
     for mode in ["pattern", "per-user"] {
         let r = RedisProc::start();
-        let args = redis_args(&r, mode, &[]);
-        let gw = start_with(&args);
+        let args = r.gateway_args(mode, &[]);
+        let gw = start_with("io-uring", &args);
         gw.wait_ready().await;
         let (mut c, hello) = join(&gw, "rob", None).await;
         assert_eq!(offset(&hello), 0);
@@ -412,7 +391,7 @@ async fn redis_replay_across_a_gateway_restart() {
         drop(c);
         drop(gw);
         // Published while no gateway runs: only Redis records them.
-        let gw2 = start_with(&args);
+        let gw2 = start_with("io-uring", &args);
         gw2.wait_ready().await;
         for n in 2..=4 {
             publish(&gw2, "rob", &format!(r#"{{"n":{n}}}"#)).await;
@@ -441,7 +420,7 @@ async fn redis_replay_across_a_gateway_restart() {
 async fn redis_publishes_racing_replays_neither_gap_nor_duplicate() {
     let r = RedisProc::start();
     let args = ["--history-size", "250"];
-    let gw = start_with(&redis_args(&r, "pattern", &args));
+    let gw = start_with("io-uring", &r.gateway_args("pattern", &args));
     gw.wait_ready().await;
     publishes_racing_replays(&gw, "rex", 200).await;
     // Direct publishers through the script race too (faster than the API).
@@ -502,7 +481,10 @@ fn direct_publish(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_trimmed_history_and_flushall_are_not_recovered() {
     let r = RedisProc::start();
-    let gw = start_with(&redis_args(&r, "pattern", &["--history-size", "3"]));
+    let gw = start_with(
+        "io-uring",
+        &r.gateway_args("pattern", &["--history-size", "3"]),
+    );
     gw.wait_ready().await;
     let (c, hello) = join(&gw, "tess", None).await;
     drop(c);
@@ -539,7 +521,7 @@ async fn redis_trimmed_history_and_flushall_are_not_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_without_persistence_changes_the_epoch() {
     let mut r = RedisProc::start();
-    let gw = start_with(&redis_args(&r, "pattern", &[]));
+    let gw = start_with("io-uring", &r.gateway_args("pattern", &[]));
     gw.wait_ready().await;
     let (c, hello) = join(&gw, "uma", None).await;
     drop(c);
@@ -573,7 +555,7 @@ async fn a_sentinel_failover_changes_the_epoch() {
         "--redis-master-name".into(),
         "mymaster".into(),
     ];
-    let gw = start_with(&args);
+    let gw = start_with("io-uring", &args);
     gw.wait_ready().await;
     let (c, hello) = join(&gw, "vic", None).await;
     drop(c);
@@ -627,8 +609,8 @@ async fn a_sentinel_failover_changes_the_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_share_offsets_epochs_and_idempotency_keys() {
     let r = RedisProc::start();
-    let a = start_with(&redis_args(&r, "per-user", &[]));
-    let b = start_with(&redis_args(&r, "pattern", &[]));
+    let a = start_with("io-uring", &r.gateway_args("per-user", &[]));
+    let b = start_with("io-uring", &r.gateway_args("pattern", &[]));
     a.wait_ready().await;
     b.wait_ready().await;
     let (mut ca, ha) = join(&a, "wes", None).await;
@@ -692,7 +674,7 @@ async fn direct_publishers_are_checked_by_the_script() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_first_connections_get_in_and_replays_are_503() {
     let mut r = RedisProc::start();
-    let gw = start_with(&redis_args(&r, "pattern", &[]));
+    let gw = start_with("io-uring", &r.gateway_args("pattern", &[]));
     gw.wait_ready().await;
     let (c, hello) = join(&gw, "zoe", None).await;
     drop(c);
@@ -716,7 +698,7 @@ async fn with_redis_down_first_connections_get_in_and_replays_are_503() {
 async fn a_new_epoch_after_a_lost_subscription_closes_established_clients_4002() {
     let r = RedisProc::start();
     let port = r.port;
-    let gw = start_with(&redis_args(&r, "pattern", &[]));
+    let gw = start_with("io-uring", &r.gateway_args("pattern", &[]));
     gw.wait_ready().await;
     let (mut c, hello) = join(&gw, "yan", None).await;
     let e1 = epoch(&hello);
@@ -768,7 +750,7 @@ async fn a_new_epoch_after_a_lost_subscription_closes_established_clients_4002()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_redis_restart_clients_without_a_later_notification_are_closed_4002() {
     let mut r = RedisProc::start();
-    let gw = start_with(&redis_args(&r, "pattern", &[]));
+    let gw = start_with("io-uring", &r.gateway_args("pattern", &[]));
     gw.wait_ready().await;
     let (mut c, hello) = join(&gw, "ann", None).await;
     let e = epoch(&hello);

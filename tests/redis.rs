@@ -15,22 +15,6 @@ use futures_util::StreamExt;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
-fn redis_args(r: &RedisProc, mode: &str) -> Vec<String> {
-    vec![
-        "--redis-host".into(),
-        "127.0.0.1".into(),
-        "--redis-port".into(),
-        r.port.to_string(),
-        "--redis-subscription".into(),
-        mode.into(),
-    ]
-}
-
-fn start_with(driver: &str, args: &[String]) -> TestGateway {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    start(driver, &args)
-}
-
 /// How many subscribers Redis counts on `user`'s channel.
 fn numsub(r: &RedisProc, user: &str) -> i64 {
     let (_, n): (String, i64) = ::redis::cmd("PUBSUB")
@@ -51,7 +35,7 @@ async fn wait_subscribed(r: &RedisProc, user: &str, subscribers: i64) {
 
 async fn delivers_verbatim_in_order_across_shards(mode: &str) {
     let r = RedisProc::start();
-    let mut args = redis_args(&r, mode);
+    let mut args = r.gateway_args(mode, &[]);
     args.extend(["--max-connections-per-user".into(), "64".into()]);
     let gw = start_with("io-uring", &args);
     gw.wait_ready().await;
@@ -117,7 +101,7 @@ async fn per_user_mode_delivers_verbatim_in_order_across_shards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_per_user_mode_each_receive_only_their_users_traffic() {
     let r = RedisProc::start();
-    let mut args = redis_args(&r, "per-user");
+    let mut args = r.gateway_args("per-user", &[]);
     args.extend(["--redis-unsubscribe-grace".into(), "300ms".into()]);
     let gw1 = start_with("io-uring", &args);
     let gw2 = start_with("epoll", &args);
@@ -144,8 +128,8 @@ async fn two_gateways_per_user_mode_each_receive_only_their_users_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_pattern_mode_drop_other_instances_users() {
     let r = RedisProc::start();
-    let gw1 = start_with("io-uring", &redis_args(&r, "pattern"));
-    let gw2 = start_with("io-uring", &redis_args(&r, "pattern"));
+    let gw1 = start_with("io-uring", &r.gateway_args("pattern", &[]));
+    let gw2 = start_with("io-uring", &r.gateway_args("pattern", &[]));
     gw1.wait_ready().await;
     gw2.wait_ready().await;
     let mut alice = gw1.connect("alice").await;
@@ -179,7 +163,7 @@ async fn survives_redis_kill9_and_restart() {
     // History off: connections stay open across the restart. With history they are closed with
     // 4002 once the subscription is back, as the restart changed their users' epochs
     // (tests/history.rs).
-    let mut args = redis_args(&r, "pattern");
+    let mut args = r.gateway_args("pattern", &[]);
     args.extend(["--history-enabled".into(), "false".into()]);
     let gw = start_with("io-uring", &args);
     gw.wait_ready().await;
@@ -293,7 +277,7 @@ async fn follows_a_sentinel_failover() {
 async fn flood_is_shed_and_counted_while_the_gateway_stays_responsive() {
     const RING: u64 = 16;
     let r = RedisProc::start();
-    let mut args = redis_args(&r, "pattern");
+    let mut args = r.gateway_args("pattern", &[]);
     args.extend(
         [
             "--shard-queue-capacity",
@@ -390,8 +374,8 @@ async fn flood_is_shed_and_counted_while_the_gateway_stays_responsive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_api_goes_through_redis_when_configured() {
     let r = RedisProc::start();
-    let gw1 = start_with("io-uring", &redis_args(&r, "pattern"));
-    let gw2 = start_with("epoll", &redis_args(&r, "pattern"));
+    let gw1 = start_with("io-uring", &r.gateway_args("pattern", &[]));
+    let gw2 = start_with("epoll", &r.gateway_args("pattern", &[]));
     gw1.wait_ready().await;
     gw2.wait_ready().await;
     // The user is on gw2; the publish goes to gw1's API.

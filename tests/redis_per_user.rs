@@ -14,25 +14,6 @@ use tokio::{
     time::timeout,
 };
 
-fn per_user(r: &RedisProc, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--redis-host",
-        "127.0.0.1",
-        "--redis-port",
-        &r.port.to_string(),
-        "--redis-subscription",
-        "per-user",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn strs(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
-}
-
 /// Sends an upgrade request for `user` on a raw socket and returns the socket.
 async fn send_upgrade(gw: &TestGateway, user: &str) -> TcpStream {
     let mut s = TcpStream::connect(gw.ws).await.unwrap();
@@ -57,7 +38,7 @@ async fn read_refusal(s: &mut TcpStream, limit: Duration) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anything_published_right_after_connected_arrives() {
     let r = RedisProc::start();
-    let gw = start("io-uring", &strs(&per_user(&r, &[])));
+    let gw = start_with("io-uring", &r.gateway_args("per-user", &[]));
     // 40 users, each published to the instant its client sees `connected`.
     for i in 0..40 {
         let user = format!("u{i}");
@@ -103,9 +84,9 @@ async fn anything_published_right_after_connected_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unconfirmed_subscription_is_refused_with_503_and_retry_after() {
     let mut r = RedisProc::start();
-    let gw = start(
+    let gw = start_with(
         "epoll",
-        &strs(&per_user(&r, &["--subscribe-wait", "300ms"])),
+        &r.gateway_args("per-user", &["--subscribe-wait", "300ms"]),
     );
     let _early = gw.connect("early").await;
     r.kill9();
@@ -137,8 +118,12 @@ async fn unconfirmed_subscription_is_refused_with_503_and_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_answers_waiting_upgrades_with_503() {
     let mut r = RedisProc::start();
-    let args = per_user(&r, &["--subscribe-wait", "60s", "--drain-period", "0"]);
-    let (gw, handle) = common::start_owned("io-uring", &strs(&args));
+    let args = r.gateway_args(
+        "per-user",
+        &["--subscribe-wait", "60s", "--drain-period", "0"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (gw, handle) = common::start_owned("io-uring", &args);
     r.kill9();
     let mut waiting = send_upgrade(&gw, "patient").await;
     wait_until(WAIT, "the upgrade to wait", || async {
@@ -160,11 +145,11 @@ async fn a_connect_storm_is_subscribed_in_batches() {
     const USERS: usize = 300;
     let mut r = RedisProc::start();
     // All from 127.0.0.1: lift the per-address handshake cap (64 by default).
-    let args = per_user(
-        &r,
+    let args = r.gateway_args(
+        "per-user",
         &["--subscribe-wait", "60s", "--max-handshakes-per-ip", "0"],
     );
-    let gw = start("io-uring", &strs(&args));
+    let gw = start_with("io-uring", &args);
     r.kill9();
     // Every upgrade waits while Redis is away...
     let mut clients = Vec::new();

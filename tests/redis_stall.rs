@@ -11,26 +11,6 @@ use common::{redis::RedisProc, *};
 /// Notifications published during each stall.
 const N: u32 = 200;
 
-fn args(r: &RedisProc, mode: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--redis-host",
-        "127.0.0.1",
-        "--redis-port",
-        &r.port.to_string(),
-        "--redis-subscription",
-        mode,
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn start_with(args: &[String]) -> TestGateway {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    start("io-uring", &args)
-}
-
 /// Sends, in one write on one connection, PUBLISH `{"n":i}` to `user` for each `i` of
 /// `numbers`, followed by `DEBUG SLEEP stall` when given; returns at once, with a thread that
 /// collects how many subscribers Redis counted for each PUBLISH (and the sleep's `OK`).
@@ -91,7 +71,7 @@ async fn expect_numbered(c: &mut Client) {
 /// too) and must be answered once the stall ends, subscribed.
 async fn stall_loses_nothing(mode: &str, stall: Duration, extra: &[&str], newcomer: bool) {
     let r = RedisProc::start_debuggable();
-    let gw = start_with(&args(&r, mode, extra));
+    let gw = start_with("io-uring", &r.gateway_args(mode, extra));
     gw.wait_ready().await;
     let mut alice = gw.connect("alice").await;
     assert_eq!(r.publish("notifications:alice", r#"{"n":0}"#), 1);
@@ -151,7 +131,10 @@ async fn per_user_stall_during_a_subscribe_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stall_beyond_the_deadline_reconnects_and_is_counted() {
     let r = RedisProc::start_debuggable();
-    let gw = start_with(&args(&r, "pattern", &["--redis-liveness-timeout", "1s"]));
+    let gw = start_with(
+        "io-uring",
+        &r.gateway_args("pattern", &["--redis-liveness-timeout", "1s"]),
+    );
     gw.wait_ready().await;
     let mut carol = gw.connect("carol").await;
     let stalled = r.stall(Duration::from_secs(4));

@@ -62,6 +62,12 @@ pub fn start(driver: &str, extra: &[&str]) -> TestGateway {
     test
 }
 
+/// [`start`] with owned arguments (as [`redis::RedisProc::gateway_args`] builds them).
+pub fn start_with(driver: &str, args: &[String]) -> TestGateway {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start(driver, &args)
+}
+
 /// Like [`start`], but hands back the gateway so the test can drain it itself.
 pub fn start_owned(driver: &str, extra: &[&str]) -> (TestGateway, gateway::Gateway) {
     let mut args = vec![

@@ -82,6 +82,23 @@ impl RedisProc {
         p
     }
 
+    /// Gateway flags for this server in `mode` (`pattern` or `per-user`), then `extra`.
+    pub fn gateway_args(&self, mode: &str, extra: &[&str]) -> Vec<String> {
+        let port = self.port.to_string();
+        [
+            "--redis-host",
+            "127.0.0.1",
+            "--redis-port",
+            &port,
+            "--redis-subscription",
+            mode,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    }
+
     /// Starts a replica of `master` on a free port.
     pub fn replica_of(master: &RedisProc) -> Self {
         Self::start_on(
