@@ -402,14 +402,7 @@ async fn kill_storm(
                 && t.receiving >= t.dropped
         })
         .await?;
-    s.fleet.broadcast(&Cmd::StormEnd).await?;
-    let results = s
-        .fleet
-        .collect(Instant::now() + Duration::from_secs(10), |ev| match ev {
-            Event::StormDone(r) => Some(*r),
-            _ => None,
-        })
-        .await?;
+    let results = s.end_storm().await?;
     let mut r = merge::storm(&results, t0, false)?;
     r.restart_cmd = format!("kill -KILL {pid}");
     r.restart_cmd_exit = status.code();

@@ -18,7 +18,9 @@ use self::{fleet::Fleet, progress::Measure, server::ServerWatch};
 use crate::{
     cli::{self, CommonArgs, ConfigError, Endpoint},
     clock::now_us as state_now_us,
-    proto::{Backoff, Command, ConnectResult, Event, PhaseResult, PhaseSpec, WorkerPlan},
+    proto::{
+        Backoff, Command, ConnectResult, Event, PhaseResult, PhaseSpec, StormResult, WorkerPlan,
+    },
     report::{
         ConnectReport, HarnessReport, Machine, PhaseReport, Report, ServerReport, Target, merge,
     },
@@ -295,6 +297,17 @@ impl Session {
                 .push(format!("{title}: {} Redis errors", report.redis_errors));
         }
         Ok((report, results))
+    }
+
+    /// Ends a reconnect storm on every worker and collects their results (10 s at most).
+    pub async fn end_storm(&mut self) -> Result<Vec<StormResult>, CoordError> {
+        self.fleet.broadcast(&Command::StormEnd).await?;
+        self.fleet
+            .collect(Instant::now() + Duration::from_secs(10), |ev| match ev {
+                Event::StormDone(r) => Some(*r),
+                _ => None,
+            })
+            .await
     }
 
     /// Stops the workers and completes the report.

@@ -261,14 +261,7 @@ async fn storm(a: StormArgs) -> Result<Report, CoordError> {
         })
         .await?;
     // Let the last progress-lagged receipts be stamped before asking for the result.
-    s.fleet.broadcast(&Cmd::StormEnd).await?;
-    let results = s
-        .fleet
-        .collect(Instant::now() + Duration::from_secs(10), |ev| match ev {
-            Event::StormDone(r) => Some(*r),
-            _ => None,
-        })
-        .await?;
+    let results = s.end_storm().await?;
     let mut r = merge::storm(&results, t0, true)?;
     r.restart_cmd = super::redact(&a.restart_cmd, &a.common.jwt_secret);
     r.restart_cmd_exit = restart_cmd_exit;
