@@ -7,48 +7,14 @@
 //! (build it first: `cargo build -p chat4all-gateway`), else built once into
 //! `target/smoke-gateway`. Needs `redis-server`, `python3` and `bash` on PATH.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::process::Command;
+
+mod support {
+    pub mod gateway_bin;
+}
 
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The gateway binary: `$CHAT4ALL_GATEWAY_BIN`, else the newest built one, else built once.
-fn gateway_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHAT4ALL_GATEWAY_BIN") {
-        return PathBuf::from(p);
-    }
-    let root = root();
-    let mut dirs = vec![root.join("target")];
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        dirs.insert(0, PathBuf::from(t));
-    }
-    let newest = dirs
-        .iter()
-        .flat_map(|d| ["release", "debug"].map(|p| d.join(p).join("chat4all-gateway")))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .max();
-    if let Some((_, p)) = newest {
-        return p;
-    }
-    let dir = root.join("target").join("smoke-gateway");
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "chat4all-gateway"])
-        .env("CARGO_TARGET_DIR", &dir)
-        .current_dir(&root)
-        .status()
-        .unwrap();
-    assert!(st.success(), "building chat4all-gateway failed");
-    dir.join("release").join("chat4all-gateway")
-}
+use support::gateway_bin::{gateway_bin, root};
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))

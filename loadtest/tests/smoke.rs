@@ -15,12 +15,16 @@ use std::{
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::OnceLock,
     thread::sleep,
     time::{Duration, Instant},
 };
 
+mod support {
+    pub mod gateway_bin;
+}
+
 use serde_json::Value;
+use support::gateway_bin::gateway_bin;
 
 /// Long enough for gateways that require 256-bit HS256 keys.
 const SECRET: &str = "smoke-test-secret-0123456789abcdef0123456789";
@@ -199,49 +203,6 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// The gateway binary: `$CHAT4ALL_GATEWAY_BIN`, else the newest built one, else built once.
-fn gateway_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("CHAT4ALL_GATEWAY_BIN") {
-            return PathBuf::from(p);
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let mut dirs = vec![root.join("target")];
-        if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-            dirs.insert(0, PathBuf::from(t));
-        }
-        let newest = dirs
-            .iter()
-            .flat_map(|d| ["release", "debug"].map(|p| d.join(p).join("chat4all-gateway")))
-            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-            .max();
-        if let Some((_, p)) = newest {
-            return p;
-        }
-        // Its own target dir: the one running this test may be locked by cargo.
-        let dir = root.join("target").join("smoke-gateway");
-        let st = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "chat4all-gateway",
-                "--bin",
-                "chat4all-gateway",
-            ])
-            .env("CARGO_TARGET_DIR", &dir)
-            .current_dir(&root)
-            .status()
-            .unwrap();
-        assert!(st.success(), "building chat4all-gateway failed");
-        dir.join("release").join("chat4all-gateway")
-    })
 }
 
 /// One scenario run: a fresh Redis and target, the harness, the parsed report.
