@@ -471,7 +471,7 @@ async fn one_address_cannot_hold_every_handshake_slot(driver: &str) {
         let (mut ws, _) = tokio_tungstenite::client_async(gw.url(&format!("other{i}")), stream)
             .await
             .expect("a client from another address is upgraded");
-        assert_eq!(next_json_plain(&mut ws).await["type"], "connected");
+        assert_eq!(next_json(&mut ws).await["type"], "connected");
     }
     assert_eq!(
         gw.metric(r#"websocket_handshakes_total{outcome="refused"}"#)

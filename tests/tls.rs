@@ -54,10 +54,10 @@ async fn wss_delivers_across_shards_and_closes_cleanly(driver: &str) {
     for (i, ws) in clients.iter_mut().enumerate() {
         let user = format!("tls{i}");
         assert_eq!(gw.publish_to(&user, &format!(r#"{{"n":{i}}}"#)).await, 1);
-        let got = next_json_tls(ws).await;
+        let got = next_json(ws).await;
         assert_eq!(got["n"], i);
         ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
-        assert_eq!(next_json_tls(ws).await["type"], "pong");
+        assert_eq!(next_json(ws).await["type"], "pong");
     }
     // A notification larger than one TLS record (and than the shard's output buffer).
     let big = "x".repeat(200_000);
@@ -67,7 +67,7 @@ async fn wss_delivers_across_shards_and_closes_cleanly(driver: &str) {
         1
     );
     assert_eq!(
-        next_json_tls(&mut clients[0]).await["big"]
+        next_json(&mut clients[0]).await["big"]
             .as_str()
             .unwrap()
             .len(),
@@ -96,7 +96,7 @@ async fn tls12_clients_are_served_too(driver: &str) {
     let gw = start_tls(driver, &certs, &[]);
     let mut ws = wss_connect(gw.ws, certs.client_tls12(), "old").await;
     assert_eq!(gw.publish_to("old", r#"{"v":12}"#).await, 1);
-    assert_eq!(next_json_tls(&mut ws).await["v"], 12);
+    assert_eq!(next_json(&mut ws).await["v"], 12);
     assert_eq!(
         gw.metric(r#"websocket_tls_handshakes_total{version="1.2"}"#)
             .await,
@@ -185,7 +185,7 @@ async fn tls10_and_garbage_are_refused_and_counted(driver: &str) {
     // The gateway still serves proper clients.
     let mut ws = wss_connect(gw.ws, certs.client(), "after").await;
     assert_eq!(gw.publish_to("after", "{}").await, 1);
-    next_json_tls(&mut ws).await;
+    next_json(&mut ws).await;
     assert_eq!(gw.metric("websocket_connections_active").await, 1.0);
 }
 
@@ -325,6 +325,6 @@ async fn the_plain_port_serves_ws_beside_wss(driver: &str) {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "connected");
     assert_eq!(gw.publish_to("both", r#"{"to":"both"}"#).await, 2);
-    assert_eq!(next_json_tls(&mut wss).await["to"], "both");
+    assert_eq!(next_json(&mut wss).await["to"], "both");
     assert_eq!(next_json(&mut ws).await["to"], "both");
 }

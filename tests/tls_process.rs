@@ -13,6 +13,7 @@ use std::{
 };
 
 use common::{
+    next_json,
     process::{Proc, Spawn, metric, wait_until},
     tls::*,
 };
@@ -129,7 +130,7 @@ fn sighup_rotates_the_certificate_under_load_and_keeps_every_connection() {
         readers.push(rt.spawn(async move {
             let mut next = 0u64;
             loop {
-                let v = next_json_tls(&mut ws).await;
+                let v = next_json(&mut ws).await;
                 if v["end"] == true {
                     return (next, ws);
                 }

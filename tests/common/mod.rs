@@ -240,8 +240,12 @@ pub async fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     (status, body)
 }
 
-/// The next text message, parsed as JSON (skipping pings).
-pub async fn next_json(ws: &mut Client) -> serde_json::Value {
+/// The next text message, parsed as JSON (skipping pings), over any client stream: plain,
+/// `MaybeTlsStream` or rustls.
+pub async fn next_json<S>(ws: &mut WebSocketStream<S>) -> serde_json::Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let msg = timeout(WAIT, ws.next())
             .await
@@ -252,20 +256,6 @@ pub async fn next_json(ws: &mut Client) -> serde_json::Value {
             Message::Text(t) => return serde_json::from_str(&t).expect("JSON text"),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("expected text, got {other:?}"),
-        }
-    }
-}
-
-/// The next text message of a client over a plain TCP stream, parsed as JSON.
-pub async fn next_json_plain(ws: &mut WebSocketStream<TcpStream>) -> serde_json::Value {
-    loop {
-        let msg = timeout(WAIT, ws.next())
-            .await
-            .expect("message in time")
-            .expect("stream open")
-            .expect("valid frame");
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(&t).expect("JSON text");
         }
     }
 }

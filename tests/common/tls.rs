@@ -180,28 +180,10 @@ pub async fn wss_connect(
             .expect("upgrade in time")
             .expect("upgrade accepted");
     assert_eq!(resp.status(), 101);
-    let hello = next_json_tls(&mut ws).await;
+    let hello = super::next_json(&mut ws).await;
     assert_eq!(hello["type"], "connected");
     assert_eq!(hello["userId"], user);
     ws
-}
-
-/// The next text message, parsed as JSON (skipping pings).
-pub async fn next_json_tls(ws: &mut TlsClient) -> serde_json::Value {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    loop {
-        let msg = tokio::time::timeout(super::WAIT, ws.next())
-            .await
-            .expect("message in time")
-            .expect("stream open")
-            .expect("valid frame");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).expect("JSON text"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
 }
 
 /// Reads until a close frame arrives; returns its code.
